@@ -1,0 +1,60 @@
+"""Orbax checkpoints of the whole run: train state (params, optimizer, method state, step) and data iterator."""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+log = logging.getLogger(__name__)
+
+
+class Checkpointer:
+  """Keeps the last `keep` checkpoints in `<workdir>/checkpoints`; saves are atomic (written, then renamed)."""
+
+  def __init__(self, directory: str, keep: int = 3, async_save: bool = True):
+    self.directory = os.path.abspath(directory)
+    self._manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                             enable_async_checkpointing=async_save),
+        item_names=("state", "data"))
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
+  def save(self, step: int, state: Any, data_state: bytes | None) -> None:
+    """Starts writing checkpoint `step` (asynchronously; the run continues meanwhile)."""
+    data = {"iterator": data_state.decode() if data_state is not None else None}
+    self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                      data=ocp.args.JsonSave(data)), force=True)
+
+  def restore(self, target: Any) -> tuple[int, Any, bytes | None] | None:
+    """The newest readable checkpoint as (step, state laid out like `target`, data state), or None.
+
+    An unreadable newest checkpoint is reported in one line and the one before it is used.
+    """
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    for step in reversed(self.all_steps()):
+      try:
+        restored = self._manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()))
+      except Exception as e:  # noqa: BLE001 - any failure to read means: fall back to the previous one
+        log.warning("Checkpoint %d in %s is unreadable (%s: %s); trying the previous one.",
+                    step, self.directory, type(e).__name__, str(e).splitlines()[0][:200])
+        continue
+      it = restored["data"]["iterator"]
+      return step, restored["state"], it.encode() if it is not None else None
+    return None
+
+  def wait(self) -> None:
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.wait_until_finished()
+    self._manager.close()

@@ -1,0 +1,31 @@
+"""Parses a config file's argument string, e.g. `configs/x.py:runlocal,method=byol,batch=256`."""
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+
+
+def _convert(value: str, default: Any, key: str) -> Any:
+  if isinstance(default, bool):
+    if value.lower() in ("", "1", "true", "yes"):
+      return True
+    if value.lower() in ("0", "false", "no"):
+      return False
+    raise ValueError(f"Config argument {key}={value!r} must be true or false.")
+  try:
+    return type(default)(value)
+  except ValueError:
+    raise ValueError(f"Config argument {key}={value!r} must be a {type(default).__name__}.") from None
+
+
+def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
+  """`a=1,flag` -> ConfigDict(a=1, flag=True) typed by `defaults`; an unknown key fails listing the known ones."""
+  out = dict(defaults)
+  for item in filter(None, (arg or "").split(",")):
+    key, _, value = item.partition("=")
+    key = key.strip()
+    if key not in defaults:
+      raise ValueError(f"Unknown config argument '{key}'; known: {', '.join(sorted(defaults))}.")
+    out[key] = _convert(value.strip() if "=" in item else "true", defaults[key], key)
+  return ml_collections.ConfigDict(out)

@@ -1,0 +1,412 @@
+"""Image augmentations on the device, pure JAX: keyed single-image ops, vmapped over the batch.
+
+Follows SimCLR (Chen et al. 2020, Appendix A), BYOL (Grill et al. 2020, Table 6) and DINO multi-crop
+(Caron et al. 2021, Sec. 3.1): random resized crop, flip, colour jitter, grayscale, Gaussian blur, solarize.
+Each op takes one float32 HxWx3 image in [0, 1] and its own key; optional ops are applied with `lax.cond`
+on a coin flip, as in DeepMind's BYOL code. `make_views` turns a uint8 batch into normalised view groups.
+
+Each op draws all its random numbers as ONE uniform vector from its key (one threefry call per op, one per
+view inside `make_views`): many small PRNG calls make XLA compile times balloon.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax import lax
+
+MEAN_RGB = (0.485, 0.456, 0.406)
+STD_RGB = (0.229, 0.224, 0.225)
+_LUMA = (0.2989, 0.5870, 0.1140)  # tf.image.rgb_to_grayscale, as in SimCLR's to_grayscale.
+_ORDERS = np.asarray(list(itertools.permutations(range(4))), np.int32)  # the 4! jitter orders
+_CROP_TRIES = 10
+
+Probability = Any  # a Python float (static: 0 skips the op, 1 always applies it) or a traced scalar.
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def to_float(image: jax.Array) -> jax.Array:
+  """uint8 [0, 255] -> float32 [0, 1]; float images are cast to float32 unchanged."""
+  if jnp.issubdtype(image.dtype, jnp.integer):
+    return image.astype(jnp.float32) / 255.0
+  return image.astype(jnp.float32)
+
+
+def normalize(images: jax.Array) -> jax.Array:
+  """Subtract the ImageNet mean and divide by its std per channel (uint8 inputs are scaled to [0, 1] first)."""
+  return (to_float(images) - jnp.asarray(MEAN_RGB)) / jnp.asarray(STD_RGB)
+
+
+def denormalize(images: jax.Array) -> jax.Array:
+  """Inverse of `normalize`: back to float32 in (about) [0, 1]."""
+  return images.astype(jnp.float32) * jnp.asarray(STD_RGB) + jnp.asarray(MEAN_RGB)
+
+
+def _maybe_apply(fn: Callable[[jax.Array], jax.Array], image: jax.Array, coin: jax.Array,
+                 p: Probability) -> jax.Array:
+  """fn(image) if coin < p, coin ~ U[0, 1) (BYOL's `_random_apply` with `lax.cond`); static 0 / 1 skip the coin."""
+  if isinstance(p, (int, float)):
+    if p <= 0:
+      return image
+    if p >= 1:
+      return fn(image)
+  return lax.cond(coin < p, fn, lambda x: x, image)
+
+
+def _between(u: jax.Array, lo: float, hi: float) -> jax.Array:
+  """Map u ~ U[0, 1) to U[lo, hi)."""
+  return lo + (hi - lo) * u
+
+
+# ----------------------------------------------------------------------------- crop and flip
+
+
+def _crop_box(u: jax.Array, height: int, width: int, scale: tuple[float, float],
+              ratio: tuple[float, float]) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+  """`sample_crop_box` from 2 * _CROP_TRIES + 2 uniforms."""
+  tries = _CROP_TRIES
+  target = height * width * _between(u[:tries], scale[0], scale[1])
+  aspect = jnp.exp(_between(u[tries:2 * tries], math.log(ratio[0]), math.log(ratio[1])))
+  ws = jnp.round(jnp.sqrt(target * aspect)).astype(jnp.int32)
+  hs = jnp.round(jnp.sqrt(target / aspect)).astype(jnp.int32)
+  ok = (ws > 0) & (ws <= width) & (hs > 0) & (hs <= height)
+  # Fallback, static as in torchvision: the whole image, or its centre cut to the nearest allowed ratio.
+  in_ratio = width / height
+  if in_ratio < min(ratio):
+    fw, fh = width, int(round(width / min(ratio)))
+  elif in_ratio > max(ratio):
+    fw, fh = int(round(height * max(ratio))), height
+  else:
+    fw, fh = width, height
+  first = jnp.argmax(ok)
+  found = ok[first]
+  h = jnp.where(found, hs[first], fh)
+  w = jnp.where(found, ws[first], fw)
+  # Uniform integer offsets in [0, height - h] and [0, width - w].
+  y0 = jnp.minimum(jnp.floor(u[2 * tries] * (height - h + 1)).astype(jnp.int32), height - h)
+  x0 = jnp.minimum(jnp.floor(u[2 * tries + 1] * (width - w + 1)).astype(jnp.int32), width - w)
+  y0 = jnp.where(found, y0, (height - fh) // 2)
+  x0 = jnp.where(found, x0, (width - fw) // 2)
+  return y0, x0, h, w
+
+
+def sample_crop_box(key: jax.Array, height: int, width: int, scale: tuple[float, float] = (0.08, 1.0),
+                    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+                    ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+  """(y0, x0, h, w) int32 of a random crop as torchvision's RandomResizedCrop.get_params (SimCLR App. A):
+  area fraction ~ U(scale), log aspect ratio ~ U(log ratio), first of 10 tries that fits, else a centre crop.
+
+  Branch-free: all tries are sampled at once and the first valid one is picked with argmax.
+  """
+  u = jax.random.uniform(key, (2 * _CROP_TRIES + 2,))
+  return _crop_box(u, height, width, tuple(scale), tuple(ratio))
+
+
+def crop_and_resize(image: jax.Array, y0: jax.Array, x0: jax.Array, h: jax.Array, w: jax.Array,
+                    size: int) -> jax.Array:
+  """Crop [y0:y0+h, x0:x0+w] (traced) and resize to [size, size] bilinearly (antialiased) in one call."""
+  image = to_float(image)
+  sy = size / jnp.asarray(h, jnp.float32)
+  sx = size / jnp.asarray(w, jnp.float32)
+  return jax.image.scale_and_translate(
+      image, (size, size, image.shape[-1]), (0, 1), jnp.stack([sy, sx]),
+      jnp.stack([-jnp.asarray(y0, jnp.float32) * sy, -jnp.asarray(x0, jnp.float32) * sx]),
+      method="linear", antialias=True)
+
+
+def random_resized_crop(image: jax.Array, key: jax.Array, *, size: int,
+                        scale: tuple[float, float] = (0.08, 1.0),
+                        ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> jax.Array:
+  """Inception-style random resized crop (SimCLR App. A, BYOL Table 6) to float32 [size, size, 3]."""
+  y0, x0, h, w = sample_crop_box(key, image.shape[0], image.shape[1], scale, ratio)
+  return crop_and_resize(image, y0, x0, h, w, size)
+
+
+def _flip(image: jax.Array, u: jax.Array, p: Probability) -> jax.Array:
+  return _maybe_apply(lambda x: x[:, ::-1], image, u[0], p)
+
+
+def horizontal_flip(image: jax.Array, key: jax.Array, p: Probability = 0.5) -> jax.Array:
+  """Left-right flip with probability p (SimCLR App. A)."""
+  return _flip(image, jax.random.uniform(key, (1,)), p)
+
+
+# ----------------------------------------------------------------------------- colour
+
+
+def rgb_to_hsv(rgb: jax.Array) -> jax.Array:
+  """RGB in [0, 1] -> HSV with hue in [0, 1) (as tf.image.rgb_to_hsv / colorsys), on the last axis."""
+  r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+  value = jnp.max(rgb, axis=-1)
+  spread = value - jnp.min(rgb, axis=-1)
+  saturation = jnp.where(value > 0, spread / jnp.where(value > 0, value, 1.0), 0.0)
+  safe = jnp.where(spread > 0, spread, 1.0)
+  hue = jnp.where(r == value, (g - b) / safe,
+                  jnp.where(g == value, 2.0 + (b - r) / safe, 4.0 + (r - g) / safe)) / 6.0
+  hue = jnp.where(spread > 0, jnp.mod(hue, 1.0), 0.0)
+  return jnp.stack([hue, saturation, value], axis=-1)
+
+
+def hsv_to_rgb(hsv: jax.Array) -> jax.Array:
+  """HSV -> RGB, the inverse of `rgb_to_hsv` (piecewise-linear form of tf.image.hsv_to_rgb)."""
+  # Scalar constants only: array constants made inside lax.switch/cond branches break vmap-in-shard_map
+  # (the varying-manual-axes check of jax 0.10 wrongly inserts a pvary).
+  h, s, v = hsv[..., 0], hsv[..., 1], hsv[..., 2]
+  dh = h * 6.0
+  d = [jnp.clip(jnp.abs(dh - 3.0) - 1.0, 0.0, 1.0),
+       jnp.clip(2.0 - jnp.abs(dh - 2.0), 0.0, 1.0),
+       jnp.clip(2.0 - jnp.abs(dh - 4.0), 0.0, 1.0)]
+  return jnp.stack([v * (1.0 - s + s * dc) for dc in d], axis=-1)
+
+
+def adjust_brightness(image: jax.Array, factor: jax.Array) -> jax.Array:
+  """x * factor (SimCLR v2 `random_brightness`, impl='simclrv2')."""
+  return image * factor
+
+
+def adjust_contrast(image: jax.Array, factor: jax.Array) -> jax.Array:
+  """(x - mean) * factor + mean with the per-channel spatial mean (tf.image.adjust_contrast)."""
+  mean = jnp.mean(image, axis=(-3, -2), keepdims=True)
+  return (image - mean) * factor + mean
+
+
+def _adjust_hsv(image: jax.Array, saturation_factor: jax.Array, hue_delta: jax.Array) -> jax.Array:
+  """Scale saturation (clipped to [0, 1]) and rotate hue (mod 1) in HSV space."""
+  hsv = rgb_to_hsv(image)
+  h = jnp.mod(hsv[..., 0] + hue_delta, 1.0)
+  s = jnp.clip(hsv[..., 1] * saturation_factor, 0.0, 1.0)
+  return hsv_to_rgb(jnp.stack([h, s, hsv[..., 2]], axis=-1))
+
+
+def adjust_saturation(image: jax.Array, factor: jax.Array) -> jax.Array:
+  """Multiply HSV saturation by factor (tf.image.adjust_saturation)."""
+  return _adjust_hsv(image, factor, 0.0)
+
+
+def adjust_hue(image: jax.Array, delta: jax.Array) -> jax.Array:
+  """Rotate the HSV hue by delta (in turns, tf.image.adjust_hue)."""
+  return _adjust_hsv(image, 1.0, delta)
+
+
+def _jitter(image: jax.Array, u: jax.Array, *, strength: float, brightness: float, contrast: float,
+            saturation: float, hue: float, p: Probability) -> jax.Array:
+  """`color_jitter` from 6 uniforms: coin, order, brightness, contrast, saturation, hue."""
+  b, c, s, h = brightness * strength, contrast * strength, saturation * strength, hue * strength
+  order = jnp.asarray(_ORDERS)[jnp.minimum(jnp.floor(u[1] * 24).astype(jnp.int32), 23)]
+  fb = _between(u[2], max(1.0 - b, 0.0), 1.0 + b)
+  fc = _between(u[3], max(1.0 - c, 0.0), 1.0 + c)
+  fs = _between(u[4], max(1.0 - s, 0.0), 1.0 + s)
+  dh = _between(u[5], -h, h)
+
+  def step(i: jax.Array, x: jax.Array) -> jax.Array:
+    op = order[i]  # 0 brightness, 1 contrast, 2 saturation, 3 hue; 2 and 3 share one HSV branch.
+    branches = [lambda y: adjust_brightness(y, fb),
+                lambda y: adjust_contrast(y, fc),
+                lambda y: _adjust_hsv(y, jnp.where(op == 2, fs, 1.0), jnp.where(op == 3, dh, 0.0))]
+    return jnp.clip(lax.switch(jnp.minimum(op, 2), branches, x), 0.0, 1.0)
+
+  return _maybe_apply(lambda x: lax.fori_loop(0, 4, step, x), image, u[0], p)
+
+
+def color_jitter(image: jax.Array, key: jax.Array, *, strength: float = 1.0, brightness: float = 0.8,
+                 contrast: float = 0.8, saturation: float = 0.8, hue: float = 0.2,
+                 p: Probability = 0.8) -> jax.Array:
+  """SimCLR colour distortion (App. A, `color_jitter_rand`): brightness, contrast, saturation, hue with
+  ranges scaled by `strength`, applied in a random order of the 4! orders, clipped to [0, 1] after each;
+  the whole jitter is applied with probability p.
+  """
+  return _jitter(image, jax.random.uniform(key, (6,)), strength=strength, brightness=brightness,
+                 contrast=contrast, saturation=saturation, hue=hue, p=p)
+
+
+def _grayscale(image: jax.Array, u: jax.Array, p: Probability) -> jax.Array:
+  def gray(x: jax.Array) -> jax.Array:
+    luma = _LUMA[0] * x[..., 0] + _LUMA[1] * x[..., 1] + _LUMA[2] * x[..., 2]
+    return jnp.broadcast_to(luma[..., None], x.shape)
+  return _maybe_apply(gray, image, u[0], p)
+
+
+def random_grayscale(image: jax.Array, key: jax.Array, p: Probability = 0.2) -> jax.Array:
+  """Replace all channels by the luma (0.2989 R + 0.5870 G + 0.1140 B) with probability p (SimCLR App. A)."""
+  return _grayscale(image, jax.random.uniform(key, (1,)), p)
+
+
+# ----------------------------------------------------------------------------- blur and solarize
+
+
+def _conv1d(x: jax.Array, weights: jax.Array, axis: int) -> jax.Array:
+  """'Same' 1-D correlation along `axis` with reflect padding, as a sum of shifted slices."""
+  radius = (weights.shape[0] - 1) // 2
+  n = x.shape[axis]
+  pad = [(0, 0)] * x.ndim
+  pad[axis] = (radius, radius)
+  xp = jnp.pad(x, pad, mode="reflect" if radius < n else "edge")
+  return sum(weights[i] * lax.slice_in_dim(xp, i, i + n, axis=axis) for i in range(2 * radius + 1))
+
+
+def _blur(image: jax.Array, u: jax.Array, *, p: Probability, sigma: tuple[float, float],
+          kernel_frac: float) -> jax.Array:
+  """`gaussian_blur` from 2 uniforms: coin, sigma."""
+  radius = max(int(image.shape[0] * kernel_frac) // 2, 1)
+
+  def blur(x: jax.Array) -> jax.Array:
+    s = _between(u[1], sigma[0], sigma[1])
+    t = jnp.arange(-radius, radius + 1, dtype=jnp.float32)
+    w = jnp.exp(-t * t / (2.0 * s * s))
+    w = w / jnp.sum(w)
+    return _conv1d(_conv1d(x, w, axis=0), w, axis=1)
+
+  return _maybe_apply(blur, image, u[0], p)
+
+
+def gaussian_blur(image: jax.Array, key: jax.Array, *, p: Probability,
+                  sigma: tuple[float, float] = (0.1, 2.0), kernel_frac: float = 0.1) -> jax.Array:
+  """Separable Gaussian blur (SimCLR App. A): odd kernel of ~kernel_frac of the height (>= 3),
+  sigma ~ U(sigma), reflect padding; applied with probability p (BYOL Table 6: 1.0 / 0.1).
+  """
+  return _blur(image, jax.random.uniform(key, (2,)), p=p, sigma=sigma, kernel_frac=kernel_frac)
+
+
+def _solarize(image: jax.Array, u: jax.Array, p: Probability, threshold: float = 0.5) -> jax.Array:
+  return _maybe_apply(lambda x: jnp.where(x >= threshold, 1.0 - x, x), image, u[0], p)
+
+
+def solarize(image: jax.Array, key: jax.Array, *, p: Probability, threshold: float = 0.5) -> jax.Array:
+  """x -> 1 - x where x >= threshold, with probability p (BYOL Table 6: 0.0 / 0.2)."""
+  return _solarize(image, jax.random.uniform(key, (1,)), p, threshold)
+
+
+# ----------------------------------------------------------------------------- recipes
+
+
+_GROUP_DEFAULTS: dict[str, Any] = dict(
+    size=224, views=2, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), flip_p=0.5, jitter_p=0.8,
+    jitter_strength=1.0, grayscale_p=0.2, blur_p=(0.5,), blur_sigma=(0.1, 2.0), solarize_p=(0.0,))
+
+
+def _as_tuple(name: str, value: Any, length: int | None) -> tuple[float, ...]:
+  values = tuple(float(v) for v in value) if isinstance(value, (tuple, list)) else (float(value),)
+  if not values or (length is not None and len(values) != length):
+    raise ValueError(f"Augmentation option {name}={value!r} must be {length or 'one or more'} numbers.")
+  return values
+
+
+def group(**overrides: Any) -> ml_collections.ConfigDict:
+  """One crop group of a recipe with SimCLR defaults (App. A); per-view `blur_p` / `solarize_p` tuples,
+  cycled over views, give BYOL's asymmetric views (Table 6), and `size`/`scale` give DINO's local crops.
+  """
+  unknown = sorted(set(overrides) - set(_GROUP_DEFAULTS))
+  if unknown:
+    raise ValueError(f"Unknown augmentation option(s) {unknown}; known options: "
+                     f"{', '.join(sorted(_GROUP_DEFAULTS))}.")
+  c = {**_GROUP_DEFAULTS, **overrides}
+  c["size"], c["views"] = int(c["size"]), int(c["views"])
+  for name in ("scale", "ratio", "blur_sigma"):
+    c[name] = _as_tuple(name, c[name], 2)
+  for name in ("blur_p", "solarize_p"):
+    c[name] = _as_tuple(name, c[name], None)
+  for name in ("flip_p", "jitter_p", "jitter_strength", "grayscale_p"):
+    c[name] = float(c[name])
+  probs = [c["flip_p"], c["jitter_p"], c["grayscale_p"], *c["blur_p"], *c["solarize_p"]]
+  checks = [
+      (c["size"] >= 1, f"size={c['size']} must be >= 1"),
+      (c["views"] >= 0, f"views={c['views']} must be >= 0 (0 skips the group)"),
+      (0 < c["scale"][0] <= c["scale"][1] <= 1, f"scale={c['scale']} must satisfy 0 < lo <= hi <= 1"),
+      (0 < c["ratio"][0] <= c["ratio"][1], f"ratio={c['ratio']} must satisfy 0 < lo <= hi"),
+      (0 < c["blur_sigma"][0] <= c["blur_sigma"][1], f"blur_sigma={c['blur_sigma']} must satisfy 0 < lo <= hi"),
+      (c["jitter_strength"] >= 0, f"jitter_strength={c['jitter_strength']} must be >= 0"),
+      (all(0 <= q <= 1 for q in probs), f"probabilities (*_p) must lie in [0, 1], got {probs}"),
+  ]
+  for ok, message in checks:
+    if not ok:
+      raise ValueError(f"Bad augmentation group: {message}.")
+  return ml_collections.ConfigDict(c)
+
+
+def _view_probability(ps: tuple[float, ...], views: int) -> tuple[float | None, jax.Array]:
+  """View v uses ps[v % len(ps)]: a static float if all views agree (else None), and the per-view array."""
+  per_view = [ps[v % len(ps)] for v in range(views)]
+  static = per_view[0] if len(set(per_view)) == 1 else None
+  return static, jnp.asarray(per_view, jnp.float32)
+
+
+_VIEW_UNIFORMS = 2 * _CROP_TRIES + 2 + 1 + 6 + 1 + 2 + 1  # crop, flip, jitter, grayscale, blur, solarize
+
+
+def _augment_view(image: jax.Array, key: jax.Array, cfg: ml_collections.ConfigDict,
+                  blur_p: Probability, solarize_p: Probability) -> jax.Array:
+  """One view, BYOL Table 6 order: crop, flip, colour jitter, grayscale, blur, solarize; float32 in [0, 1]."""
+  u = jax.random.uniform(key, (_VIEW_UNIFORMS,))
+  u_crop, u_flip, u_jitter, u_gray, u_blur, u_solar = jnp.split(
+      u, np.cumsum([2 * _CROP_TRIES + 2, 1, 6, 1, 2]))
+  y0, x0, h, w = _crop_box(u_crop, image.shape[0], image.shape[1], cfg.scale, cfg.ratio)
+  x = crop_and_resize(image, y0, x0, h, w, cfg.size)
+  x = _flip(x, u_flip, cfg.flip_p)
+  x = _jitter(x, u_jitter, strength=cfg.jitter_strength, brightness=0.8, contrast=0.8, saturation=0.8,
+              hue=0.2, p=cfg.jitter_p)
+  x = _grayscale(x, u_gray, cfg.grayscale_p)
+  x = _blur(x, u_blur, p=blur_p, sigma=cfg.blur_sigma, kernel_frac=0.1)
+  return _solarize(x, u_solar, solarize_p)
+
+
+def example_keys(key: jax.Array, indices: jax.Array) -> jax.Array:
+  """One key per example, fold_in(step key, global example index): independent of the device split."""
+  return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, indices)
+
+
+def make_views(images: jax.Array, keys: jax.Array,
+               recipe: ml_collections.ConfigDict) -> tuple[jax.Array, ...]:
+  """Augmented, normalised views: one float32 [V, b, size, size, 3] array per group with views > 0, in the
+  recipe's key order (ml_collections sorts keys). View v of example i uses fold_in(keys[i], (group index, v)).
+
+  Call inside jit / shard_map with the recipe closed over (or as a static FrozenConfigDict).
+  """
+  if images.ndim != 4 or images.shape[-1] != 3:
+    raise ValueError(f"make_views wants images [b, H, W, 3], got shape {images.shape}; add a batch axis.")
+  if keys.shape[0] != images.shape[0]:
+    raise ValueError(f"make_views got {keys.shape[0]} keys for {images.shape[0]} images; "
+                     "use example_keys(step_key, indices) for one key per example.")
+  outputs = []
+  for group_index, (_, raw) in enumerate(recipe.items()):
+    cfg = group(**dict(raw.items()))
+    if cfg.views == 0:
+      continue
+    blur_static, blur_ps = _view_probability(cfg.blur_p, cfg.views)
+    solar_static, solar_ps = _view_probability(cfg.solarize_p, cfg.views)
+
+    def one(image, key, blur_p, solar_p, cfg=cfg, blur_static=blur_static, solar_static=solar_static):
+      return _augment_view(image, key, cfg,
+                           blur_p if blur_static is None else blur_static,
+                           solar_p if solar_static is None else solar_static)
+
+    def fold(key, view, g=group_index):
+      return jax.random.fold_in(jax.random.fold_in(key, g), view)
+
+    view_keys = jax.vmap(jax.vmap(fold, (0, None)), (None, 0))(keys, jnp.arange(cfg.views))  # [V, b]
+    per_batch = jax.vmap(one, in_axes=(0, 0, None, None))
+    views = jax.vmap(per_batch, in_axes=(None, 0, 0, 0))(images, view_keys, blur_ps, solar_ps)
+    outputs.append(normalize(views))
+  if not outputs:
+    raise ValueError("Augmentation recipe has no views; give at least one group views > 0.")
+  return tuple(outputs)
+
+
+def eval_preprocess(images: jax.Array, size: int, crop_frac: float = 1.0) -> jax.Array:
+  """Deterministic centre crop (crop_frac of the shorter side) + bilinear resize to size, normalised."""
+  if images.ndim != 4 or not 0 < crop_frac <= 1:
+    raise ValueError(f"eval_preprocess wants images [b, H, W, 3] and 0 < crop_frac <= 1, got "
+                     f"shape {images.shape} and crop_frac={crop_frac}.")
+  _, height, width, channels = images.shape
+  side = max(int(round(crop_frac * min(height, width))), 1)
+  y0, x0 = (height - side) // 2, (width - side) // 2
+  x = to_float(images[:, y0:y0 + side, x0:x0 + side])
+  if side != size:
+    x = jax.image.resize(x, (x.shape[0], size, size, channels), method="linear", antialias=True)
+  return normalize(x)

@@ -1,0 +1,91 @@
+"""Config -> data source: `shapes` (embedded), `folder:/path` (image folder), or a tfds name.
+
+Every source is grain-compatible random access: `len(source)`, `source[i]` -> dict of fixed-shape
+numpy arrays ("image" uint8 [S, S, 3], "label" int32 when labelled, "index" int32), with attributes
+`num_classes`, `class_names`, `has_labels`, `image_size`, `name`. tfds is imported only when used.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Protocol
+
+import ml_collections
+import numpy as np
+
+from cl_jax.registry import Registry
+
+# tfds split names per dataset where they are not ("train", "test").
+KNOWN_SPLITS: dict[str, tuple[str, str]] = {
+    "imagenet2012": ("train", "validation"),
+    "imagenet2012_subset": ("train", "validation"),
+    "imagenet_resized": ("train", "validation"),
+    "imagenette": ("train", "validation"),
+    "imagewang": ("train", "validation"),
+    "food101": ("train", "validation"),
+    "places365_small": ("train", "validation"),
+}
+FOLDER_PREFIX = "folder:"
+
+
+class Source(Protocol):
+  """The random-access interface every data source implements."""
+
+  num_classes: int | None
+  class_names: tuple[str, ...] | None
+  has_labels: bool
+  image_size: int
+  name: str
+
+  def __len__(self) -> int: ...
+
+  def __getitem__(self, i: int) -> dict[str, np.ndarray]: ...
+
+
+# Named in-repo datasets: name -> (data_cfg, split) -> Source. Other names go to folder or tfds.
+SOURCES: Registry[Callable[[ml_collections.ConfigDict, str], Source]] = Registry("dataset")
+
+
+def _get(cfg: Any, key: str, default: Any = None) -> Any:
+  value = cfg.get(key, default)
+  return default if value is None else value
+
+
+@SOURCES.register("shapes")
+def _shapes(data_cfg: ml_collections.ConfigDict, split: str) -> Source:
+  from cl_jax.data.shapes import ShapesSource  # pylint: disable=g-import-not-at-top
+
+  return ShapesSource(split, num_examples=_get(data_cfg, f"num_{split}"),
+                      image_size=int(data_cfg.image_size), seed=int(_get(data_cfg, "seed", 0)))
+
+
+def tfds_split(dataset: str, split: str, data_cfg: Any = None) -> str:
+  """The tfds split name for "train"/"test": config train_split/test_split, else KNOWN_SPLITS."""
+  base = dataset.split("/")[0].split(":")[0]
+  default = KNOWN_SPLITS.get(base, ("train", "test"))[split == "test"]
+  return default if data_cfg is None else str(_get(data_cfg, f"{split}_split", default))
+
+
+def get_source(data_cfg: ml_collections.ConfigDict, split: str) -> Source:
+  """Builds the data source of `split` ("train" or "test") named by `data_cfg.dataset`."""
+  if split not in ("train", "test"):
+    raise ValueError(f"Unknown split '{split}'; pass split='train' or split='test'.")
+  dataset = str(data_cfg.dataset)
+  image_size = int(data_cfg.image_size)
+  seed = int(_get(data_cfg, "seed", 0))
+  cap = _get(data_cfg, f"num_{split}")
+  if dataset.startswith(FOLDER_PREFIX):
+    from cl_jax.data.folder import FolderSource  # pylint: disable=g-import-not-at-top
+
+    path = dataset[len(FOLDER_PREFIX):]
+    if not path:
+      raise ValueError("dataset='folder:' has no path; pass dataset='folder:/path/to/images'.")
+    return FolderSource(path, split, image_size=image_size, num_examples=cap, seed=seed,
+                        on_bad_image=str(_get(data_cfg, "on_bad_image", "skip")),
+                        holdout_frac=float(_get(data_cfg, "holdout_frac", 0.1)))
+  if dataset in SOURCES:
+    return SOURCES.get(dataset)(data_cfg, split)
+  from cl_jax.data.tfds_source import TfdsSource  # pylint: disable=g-import-not-at-top
+
+  return TfdsSource(dataset, tfds_split(dataset, split, data_cfg), image_size=image_size,
+                    data_dir=_get(data_cfg, "data_dir"), num_examples=cap, seed=seed,
+                    image_key=str(_get(data_cfg, "image_key", "image")),
+                    label_key=str(_get(data_cfg, "label_key", "label")))

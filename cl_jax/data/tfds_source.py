@@ -1,0 +1,93 @@
+"""TFDS source: random access over a dataset prepared as ArrayRecord (`tfds.data_source`).
+
+tensorflow_datasets is imported inside the constructor so importing this module stays fast; reading
+ArrayRecord records does not import TensorFlow.
+"""
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+
+from cl_jax.data.folder import resize_center_crop, subset_indices
+
+EXAMPLE_DATASETS = ("cifar10", "cifar100", "stl10", "imagenet2012", "oxford_flowers102",
+                    "food101", "caltech101")
+
+
+def _cli_hint() -> str:
+  # The tfds 4.9 command line imports apache_beam at start-up, even for `tfds build`.
+  if importlib.util.find_spec("apache_beam"):
+    return ""
+  return " (the tfds CLI needs `pip install apache-beam`)"
+
+
+class TfdsSource:
+  """Grain-compatible random-access source over a prepared tfds image dataset."""
+
+  has_labels: bool
+  num_classes: int | None
+  class_names: tuple[str, ...] | None
+
+  def __init__(self, name: str, split: str, *, image_size: int, data_dir: str | None = None,
+               num_examples: int | None = None, seed: int = 0, image_key: str = "image",
+               label_key: str = "label"):
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+    try:
+      builder = tfds.builder(name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError:
+      raise ValueError(
+          f"Unknown dataset '{name}': not a tfds dataset; use 'shapes', a tfds image dataset "
+          f"({', '.join(EXAMPLE_DATASETS)}, ...), or an image folder as "
+          "dataset='folder:/path/to/images'.") from None
+    root = builder.data_dir_root
+    if not builder.is_prepared():
+      raise ValueError(f"tfds dataset '{name}' is not prepared in {root}; prepare it with: tfds "
+                       f"build {name} --file_format=array_record --data_dir={root}{_cli_hint()}")
+    info = builder.info
+    if not info.available_file_formats() & tfds.core.file_adapters.FileFormat.with_random_access():
+      formats = ", ".join(sorted(f.value for f in info.available_file_formats()))
+      raise ValueError(
+          f"tfds dataset '{name}' in {root} is prepared as {formats} only, which has no random "
+          f"access; convert it with: tfds convert_format --dataset_version_dir={builder.data_dir} "
+          f"--out_file_format=array_record{_cli_hint()}")
+    plain = split.split("[")[0]
+    if "+" not in split and plain not in info.splits:
+      raise ValueError(f"tfds dataset '{name}' has no split '{plain}'; its splits are "
+                       f"{', '.join(sorted(info.splits))}: set config.data.train_split / "
+                       "test_split.")
+    features = info.features
+    if image_key not in features:
+      raise ValueError(f"tfds dataset '{name}' has no feature '{image_key}'; its features are "
+                       f"{', '.join(sorted(features))}: set config.data.image_key.")
+    self.name, self.split, self.image_size = name, split, int(image_size)
+    self.image_key, self.label_key = image_key, label_key
+    self.has_labels = (label_key in features
+                       and isinstance(features[label_key], tfds.features.ClassLabel))
+    self.num_classes = features[label_key].num_classes if self.has_labels else None
+    self.class_names = tuple(features[label_key].names) if self.has_labels else None
+    self._records = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+    self._indices = subset_indices(len(self._records), num_examples, seed)
+
+  def __len__(self) -> int:
+    return len(self._indices)
+
+  def __repr__(self) -> str:
+    return (f"TfdsSource(name={self.name!r}, split={self.split!r}, num_records={len(self)}, "
+            f"image_size={self.image_size})")
+
+  def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+    n = len(self)
+    i = int(i)
+    if not 0 <= i < n:
+      raise IndexError(f"index {i} out of range for a TfdsSource of {n} records.")
+    record = self._records[int(self._indices[i])]
+    image = np.asarray(record[self.image_key])
+    s = self.image_size
+    if image.shape != (s, s, 3) or image.dtype != np.uint8:
+      image = resize_center_crop(image, s)
+    out = {"image": image, "index": np.asarray(i, np.int32)}
+    if self.has_labels:
+      out["label"] = np.asarray(record[self.label_key], np.int32)
+    return out

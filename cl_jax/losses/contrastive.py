@@ -1,0 +1,55 @@
+"""Contrastive losses over L2-normalised embeddings, exact across devices."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+_MASKED = -1e9
+
+
+def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
+  """x / ||x|| along the last axis, in float32."""
+  x = x.astype(jnp.float32)
+  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps))
+
+
+def _gather(x: jax.Array, axis_name: str | None) -> tuple[jax.Array, jax.Array]:
+  """All rows of the global batch, and the offset of this device's rows in it."""
+  if axis_name is None:
+    return x, jnp.zeros((), jnp.int32)
+  offset = jax.lax.axis_index(axis_name) * x.shape[0]
+  return jax.lax.all_gather(x, axis_name, tiled=True), offset
+
+
+def _global_sum(x: jax.Array, axis_name: str | None) -> jax.Array:
+  return x if axis_name is None else jax.lax.psum(x, axis_name)
+
+
+def nt_xent(z1: jax.Array, z2: jax.Array, temperature: float,
+            axis_name: str | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """NT-Xent (SimCLR, Chen et al. 2020, Eq. 1 and Alg. 1): 2N views, each anchor's positive is its other view,
+  the other 2N-2 views are negatives, mean over the 2N anchors.
+
+  With `axis_name`, `z1`/`z2` are this device's rows; each local anchor is scored against the all-gathered global
+  batch and the returned loss (replicated) and its gradient equal the one-device loss over the global batch.
+  Returns (loss, {"contrast_acc": fraction of anchors whose positive scores highest}).
+  """
+  z1, z2 = l2_normalize(z1), l2_normalize(z2)
+  b = z1.shape[0]
+  all1, offset = _gather(z1, axis_name)
+  all2, _ = _gather(z2, axis_name)
+  n = all1.shape[0]
+  keys = jnp.concatenate([all1, all2])                       # [2N, D]
+  anchors = jnp.concatenate([z1, z2])                        # [2b, D]
+  logits = anchors @ keys.T / temperature                    # [2b, 2N]
+  rows = offset + jnp.arange(b)
+  self_idx = jnp.concatenate([rows, n + rows])
+  pos_idx = jnp.concatenate([n + rows, rows])
+  cols = jnp.arange(2 * n)
+  logits = jnp.where(cols[None, :] == self_idx[:, None], _MASKED, logits)
+  pos_logit = jnp.take_along_axis(logits, pos_idx[:, None], axis=1)[:, 0]
+  per_anchor = jax.nn.logsumexp(logits, axis=1) - pos_logit
+  correct = (jnp.argmax(logits, axis=1) == pos_idx).astype(jnp.float32)
+  loss = _global_sum(jnp.sum(per_anchor), axis_name) / (2 * n)
+  acc = _global_sum(jnp.sum(correct), axis_name) / (2 * n)
+  return loss, {"contrast_acc": acc}

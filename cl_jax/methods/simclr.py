@@ -1,0 +1,50 @@
+"""SimCLR v1 and v2: two views, backbone + projection head, NT-Xent over the global batch."""
+from __future__ import annotations
+
+import jax
+import ml_collections
+
+from cl_jax import parallel
+from cl_jax.eval.collapse import embedding_std
+from cl_jax.losses.contrastive import nt_xent
+from cl_jax.methods import METHODS
+from cl_jax.methods.base import Method, Views
+from cl_jax.models import build_backbone
+from cl_jax.models.encoder import Encoder
+from cl_jax.models.heads import simclr_head
+
+
+def bn_axis(config: ml_collections.ConfigDict) -> str | None:
+  """The BatchNorm reduction axis: 'data' for synchronised BN, None for per-device BN."""
+  return parallel.DATA if config.model.get("bn", "sync") == "sync" else None
+
+
+@METHODS.register("simclr")
+class SimCLR(Method):
+  """SimCLR (Chen et al. 2020, Alg. 1; v2: Chen et al. 2020b, Sec. 2, 3-layer projection head)."""
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    super().__init__(config)
+    m = config.method
+    self.temperature = m.temperature
+    self.model = Encoder(
+        backbone=build_backbone(config.model),
+        head=simclr_head(m.get("version", 1), m.proj_hidden, m.proj_dim, bn_axis(config)))
+
+  def init(self, key: jax.Array, views: Views):
+    variables = self.model.init(key, views["crops"][0][0], train=False)
+    return variables["params"], {"batch_stats": variables.get("batch_stats", {})}
+
+  def loss(self, params, state, views, key, step):
+    crops = views["crops"][0]
+    if crops.shape[0] != 2:
+      raise ValueError(f"SimCLR takes 2 views per image, got {crops.shape[0]}; set augment.global.views=2.")
+    b = crops.shape[1]
+    x = crops.reshape((2 * b,) + crops.shape[2:])
+    (_, z), updates = self.model.apply({"params": params, **state}, x, train=True, mutable=["batch_stats"])
+    loss, metrics = nt_xent(z[:b], z[b:], self.temperature, axis_name=parallel.DATA)
+    metrics["embedding_std"] = embedding_std(z, parallel.DATA)
+    return loss, ({"batch_stats": parallel.pmean_varying(updates["batch_stats"])}, metrics)
+
+  def encode(self, params, state, images):
+    return self.model.apply({"params": params, **state}, images, train=False, method=Encoder.features)

@@ -1,0 +1,141 @@
+"""Optax optimizers and learning-rate schedules built from a config (SimCLR Appendix B.1).
+
+Config fields (all optional except `name` and `lr`):
+  name: sgd | adamw | lars | lamb;  lr, lr_scaling (linear | sqrt | none), base_batch (256);
+  schedule (cosine | constant), warmup_epochs or warmup_steps, end_lr;
+  momentum, nesterov (sgd, lars); b1, b2, eps (adamw, lamb); trust_coefficient (lars, 0.001);
+  weight_decay, weight_decay_schedule ((start, end) cosine, DINO Sec. 4 / App. B);
+  exclude_bias_and_norm (True); clip_norm (0 = off); grad_accum_steps (1); frozen (path substrings).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from cl_jax.registry import Registry
+
+OPTIMIZERS: Registry[Callable[..., optax.GradientTransformation]] = Registry("optimizer")
+_LR_SCALINGS = ("linear", "sqrt", "none")
+_SCHEDULES = ("cosine", "constant")
+
+
+def scaled_lr(lr: float, batch_size: int, scaling: str, base_batch: int = 256) -> float:
+  """Base lr scaled by batch size: linear lr*B/256 or square-root lr*sqrt(B/256) (SimCLR App. B.1)."""
+  if scaling not in _LR_SCALINGS:
+    raise ValueError(f"Unknown lr_scaling '{scaling}'; set optim.lr_scaling to one of {', '.join(_LR_SCALINGS)}.")
+  ratio = batch_size / base_batch
+  return {"linear": lr * ratio, "sqrt": lr * math.sqrt(ratio), "none": lr}[scaling]
+
+
+def lr_schedule(peak: float, *, total_steps: int, warmup_steps: int = 0, kind: str = "cosine",
+                end_lr: float = 0.0) -> optax.Schedule:
+  """Linear warmup from 0 to `peak`, then cosine decay to `end_lr` or constant (SimCLR Sec. 3, SGDR)."""
+  if kind not in _SCHEDULES:
+    raise ValueError(f"Unknown schedule '{kind}'; set optim.schedule to one of {', '.join(_SCHEDULES)}.")
+
+  def schedule(step: jax.Array) -> jax.Array:
+    step = jnp.asarray(step, jnp.float32)
+    warm = peak * step / max(warmup_steps, 1)
+    if kind == "constant":
+      after = jnp.full_like(step, peak)
+    else:
+      t = jnp.clip((step - warmup_steps) / max(total_steps - warmup_steps, 1), 0.0, 1.0)
+      after = end_lr + (peak - end_lr) * 0.5 * (1.0 + jnp.cos(jnp.pi * t))
+    return jnp.where(step < warmup_steps, warm, after)
+
+  return schedule
+
+
+def cosine_schedule(start: float, end: float, total_steps: int) -> optax.Schedule:
+  """Cosine ramp from `start` to `end` over `total_steps`, e.g. DINO's weight decay 0.04 -> 0.4."""
+  def schedule(step: jax.Array) -> jax.Array:
+    t = jnp.clip(jnp.asarray(step, jnp.float32) / max(total_steps, 1), 0.0, 1.0)
+    return end + (start - end) * 0.5 * (1.0 + jnp.cos(jnp.pi * t))
+  return schedule
+
+
+def decay_mask(exclude_bias_and_norm: bool) -> Callable[[Any], Any]:
+  """Mask fn: True for params that get weight decay / trust ratio; 1-D (bias, norm) excluded (SimCLR LARS)."""
+  return lambda params: jax.tree.map(lambda p: not exclude_bias_and_norm or p.ndim > 1, params)
+
+
+@OPTIMIZERS.register("sgd")
+def _sgd(cfg, lr, wd, mask):
+  return optax.chain(optax.add_decayed_weights(wd, mask),
+                     optax.sgd(lr, momentum=cfg.get("momentum", 0.9), nesterov=cfg.get("nesterov", False)))
+
+
+@OPTIMIZERS.register("adamw")
+def _adamw(cfg, lr, wd, mask):
+  return optax.adamw(lr, b1=cfg.get("b1", 0.9), b2=cfg.get("b2", 0.999), eps=cfg.get("eps", 1e-8),
+                     weight_decay=wd, mask=mask)
+
+
+@OPTIMIZERS.register("lars")
+def _lars(cfg, lr, wd, mask):
+  return optax.lars(lr, weight_decay=wd, weight_decay_mask=mask, trust_ratio_mask=mask,
+                    trust_coefficient=cfg.get("trust_coefficient", 0.001),
+                    momentum=cfg.get("momentum", 0.9), nesterov=cfg.get("nesterov", False))
+
+
+@OPTIMIZERS.register("lamb")
+def _lamb(cfg, lr, wd, mask):
+  # optax.lamb has no trust-ratio mask, so compose it (You et al. 2020, Alg. 2).
+  return optax.chain(
+      optax.scale_by_adam(b1=cfg.get("b1", 0.9), b2=cfg.get("b2", 0.999), eps=cfg.get("eps", 1e-6)),
+      optax.add_decayed_weights(wd, mask),
+      optax.masked(optax.scale_by_trust_ratio(), mask),
+      optax.scale_by_learning_rate(lr))
+
+
+def _freeze(tx: optax.GradientTransformation, frozen: tuple[str, ...]) -> optax.GradientTransformation:
+  """Zero the updates of every parameter whose '/'-joined path contains one of `frozen`."""
+  def labels(params):
+    def label(path, _):
+      name = jax.tree_util.keystr(path, simple=True, separator="/")
+      return "frozen" if any(s in name for s in frozen) else "train"
+    return jax.tree_util.tree_map_with_path(label, params)
+  return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+
+
+def build_optimizer(cfg: ml_collections.ConfigDict, *, total_steps: int, steps_per_epoch: int,
+                    batch_size: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """Optimizer and lr schedule from `cfg`; steps count optimizer updates (after grad accumulation)."""
+  make = OPTIMIZERS.get(cfg.get("name", "sgd"))
+  lr = cfg.get("lr", 0.0)
+  if lr <= 0:
+    raise ValueError(f"optim.lr must be > 0, got {lr}; set --config.optim.lr to a positive base learning rate.")
+  if total_steps <= 0:
+    raise ValueError(f"total_steps must be > 0, got {total_steps}; train for at least one step.")
+  peak = scaled_lr(lr, batch_size, cfg.get("lr_scaling", "none"), cfg.get("base_batch", 256))
+  warmup = int(cfg.get("warmup_steps", 0)) or round(cfg.get("warmup_epochs", 0.0) * steps_per_epoch)
+  if warmup > total_steps:
+    raise ValueError(f"Warmup of {warmup} steps exceeds total_steps={total_steps}; "
+                     "lower optim.warmup_epochs/warmup_steps or train longer.")
+  schedule = lr_schedule(peak, total_steps=total_steps, warmup_steps=warmup,
+                         kind=cfg.get("schedule", "cosine"), end_lr=cfg.get("end_lr", 0.0))
+
+  wd = float(cfg.get("weight_decay", 0.0))
+  wd_schedule = cfg.get("weight_decay_schedule", None)
+  if wd_schedule is not None:
+    if len(wd_schedule) != 2:
+      raise ValueError(f"optim.weight_decay_schedule must be (start, end), got {wd_schedule}.")
+    wd = cosine_schedule(float(wd_schedule[0]), float(wd_schedule[1]), total_steps)
+  tx = make(cfg, schedule, wd, decay_mask(cfg.get("exclude_bias_and_norm", True)))
+
+  if cfg.get("clip_norm", 0.0) > 0:
+    tx = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), tx)
+  frozen = tuple(cfg.get("frozen", None) or ())
+  if frozen:
+    tx = _freeze(tx, frozen)
+  accum = int(cfg.get("grad_accum_steps", 1))
+  if accum < 1:
+    raise ValueError(f"optim.grad_accum_steps must be >= 1, got {accum}.")
+  if accum > 1:
+    tx = optax.MultiSteps(tx, every_k_schedule=accum).gradient_transformation()
+  return tx, schedule

@@ -1,0 +1,91 @@
+"""The device mesh, shardings, multi-host setup and cross-device helpers (axis 'data')."""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+DATA = "data"
+
+
+def initialize_distributed() -> None:
+  """Joins a multi-host run when the environment describes one (TPU pods, SLURM, or explicit variables).
+
+  Set CL_JAX_COORDINATOR=host:port, CL_JAX_NUM_PROCESSES and CL_JAX_PROCESS_ID for an explicit cluster
+  (e.g. two local processes in the tests); TPU pods and SLURM are detected by jax itself when
+  CL_JAX_DISTRIBUTED=1.
+  """
+  if jax.distributed.is_initialized():
+    return
+  coordinator = os.environ.get("CL_JAX_COORDINATOR")
+  if coordinator:
+    jax.distributed.initialize(
+        coordinator_address=coordinator,
+        num_processes=int(os.environ["CL_JAX_NUM_PROCESSES"]),
+        process_id=int(os.environ["CL_JAX_PROCESS_ID"]))
+  elif os.environ.get("CL_JAX_DISTRIBUTED") == "1":
+    jax.distributed.initialize()
+
+
+def make_mesh(num_devices: int | None = None) -> Mesh:
+  """A 1-D mesh with axis 'data' over all devices of all hosts (or the first `num_devices`)."""
+  devices = jax.devices()
+  if num_devices is not None:
+    if num_devices > len(devices):
+      raise ValueError(f"Asked for {num_devices} devices but only {len(devices)} exist; lower parallel.num_devices.")
+    devices = devices[:num_devices]
+  return Mesh(np.asarray(devices), (DATA,), axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def check_batch_size(global_batch: int, mesh: Mesh) -> int:
+  """Returns the per-device batch size, or fails in one line when the batch does not split evenly."""
+  n = mesh.size
+  if global_batch % n:
+    raise ValueError(f"Global batch {global_batch} is not divisible by the {n} devices; "
+                     f"set batch_size to a multiple of {n}.")
+  return global_batch // n
+
+
+def sharded(mesh: Mesh) -> NamedSharding:
+  """Leading axis split over 'data'."""
+  return NamedSharding(mesh, P(DATA))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  """The same copy on every device."""
+  return NamedSharding(mesh, P())
+
+
+def host_to_global(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+  """Assembles each host's local batch into global arrays sharded over 'data'."""
+  sharding = sharded(mesh)
+  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+
+
+def to_host(x: Any) -> Any:
+  """Fetches (possibly multi-host sharded) arrays as full numpy arrays on every host."""
+  if jax.process_count() == 1:
+    return jax.tree.map(np.asarray, jax.device_get(x))
+  return multihost_utils.process_allgather(x, tiled=True)
+
+
+def global_example_index(local_batch: int) -> jax.Array:
+  """Inside shard_map: the global batch position of each local example (topology independent)."""
+  return jax.lax.axis_index(DATA) * local_batch + jnp.arange(local_batch)
+
+
+def is_varying(x: jax.Array, axis_name: str = DATA) -> bool:
+  """Inside shard_map: whether `x` may differ across `axis_name` (its varying-manual-axes type)."""
+  aval = jax.typeof(x)
+  mat = getattr(aval, "manual_axis_type", None)   # jax >= 0.9; earlier releases call it `vma`
+  return axis_name in (mat.varying if mat is not None else getattr(aval, "vma", ()))
+
+
+def pmean_varying(tree: Any, axis_name: str = DATA) -> Any:
+  """Averages the leaves that differ across devices, leaving replicated leaves untouched."""
+  return jax.tree.map(lambda x: jax.lax.pmean(x, axis_name) if is_varying(x, axis_name) else x, tree)

@@ -1,0 +1,94 @@
+"""What a run reports: metrics.jsonl, TensorBoard scalars and images, and a progress line."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+
+def _format_eta(seconds: float) -> str:
+  if not math.isfinite(seconds):
+    return "?"
+  m, s = divmod(int(seconds), 60)
+  h, m = divmod(m, 60)
+  return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+class Reporter:
+  """Appends one JSON object per log step to `<workdir>/metrics.jsonl` and mirrors scalars to TensorBoard.
+
+  Only process 0 writes; every process may call it.
+  """
+
+  def __init__(self, workdir: str, total_steps: int, tensorboard: bool = True, stream=None):
+    self.total_steps = total_steps
+    self.active = jax.process_index() == 0
+    self.stream = stream or sys.stdout
+    self._tb = None
+    self._jsonl = None
+    if self.active:
+      os.makedirs(workdir, exist_ok=True)
+      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+      if tensorboard:
+        from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+  def write(self, step: int, metrics: dict[str, Any]) -> None:
+    """Records scalars for `step` (floats; arrays are converted)."""
+    if not self.active:
+      return
+    row = {"step": int(step)}
+    row.update({k: float(v) for k, v in metrics.items()})
+    self._jsonl.write(json.dumps(row) + "\n")
+    self._jsonl.flush()
+    if self._tb is not None:
+      for k, v in row.items():
+        if k != "step":
+          self._tb.add_scalar(k, v, step)
+      self._tb.flush()
+
+  def image(self, tag: str, step: int, image: np.ndarray) -> None:
+    """An HxWx3 uint8 image to TensorBoard."""
+    if self.active and self._tb is not None:
+      self._tb.add_image(tag, image, step, dataformats="HWC")
+
+  def progress(self, step: int, loss: float, lr: float, images_per_sec: float, seconds_per_step: float) -> None:
+    """One line of progress: step, loss, lr, throughput, ETA."""
+    if not self.active:
+      return
+    eta = _format_eta((self.total_steps - step) * seconds_per_step)
+    print(f"step {step:>6}/{self.total_steps} | loss {loss:.4f} | lr {lr:.4g} | "
+          f"{images_per_sec:,.0f} img/s | eta {eta}", file=self.stream, flush=True)
+
+  def say(self, text: str) -> None:
+    if self.active:
+      print(text, file=self.stream, flush=True)
+
+  def close(self) -> None:
+    if self._jsonl is not None:
+      self._jsonl.close()
+    if self._tb is not None:
+      self._tb.close()
+
+
+class Throughput:
+  """Images/s and seconds/step between two log points, measured on the host after the device finished."""
+
+  def __init__(self):
+    self._t, self._step = time.perf_counter(), None
+
+  def reset(self, step: int) -> None:
+    self._t, self._step = time.perf_counter(), step
+
+  def measure(self, step: int, batch_size: int) -> tuple[float, float]:
+    now = time.perf_counter()
+    steps = max(step - (self._step if self._step is not None else step - 1), 1)
+    dt = max(now - self._t, 1e-9)
+    self._t, self._step = now, step
+    return steps * batch_size / dt, dt / steps

@@ -1,0 +1,244 @@
+"""The one training loop: host batches -> on-device views -> method loss -> optax -> state, metrics, checkpoints.
+
+It knows nothing of any single method: it calls only the Method contract (cl_jax/methods/base.py).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+from typing import Any, Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import Mesh, PartitionSpec as P
+
+from cl_jax import checkpoint, optim, parallel, reporting
+from cl_jax.data import augment, pipeline, sources
+from cl_jax.eval import knn
+from cl_jax.methods import Method, get_method
+
+log = logging.getLogger(__name__)
+
+TrainState = dict[str, Any]   # {"step", "params", "opt_state", "method_state"}
+
+
+@dataclasses.dataclass
+class Run:
+  """Everything built from a config, importable from a notebook."""
+  config: ml_collections.ConfigDict
+  mesh: Mesh
+  method: Method
+  tx: optax.GradientTransformation
+  schedule: optax.Schedule
+  train_source: Any
+  test_source: Any
+  local_batch: int
+  steps_per_epoch: int
+  total_steps: int
+
+
+def build_run(config: ml_collections.ConfigDict) -> Run:
+  """Validates the config and builds mesh, method, optimizer and data sources; fails fast with one line."""
+  mesh = parallel.make_mesh(config.get("parallel", {}).get("num_devices"))
+  local_batch = parallel.check_batch_size(config.batch_size, mesh)
+  method = get_method(config)
+  train_source = sources.get_source(config.data, "train")
+  test_source = sources.get_source(config.data, "test") if train_source.has_labels else None
+  steps_per_epoch = len(train_source) // config.batch_size
+  if steps_per_epoch == 0:
+    raise ValueError(f"batch_size {config.batch_size} is larger than the {len(train_source)} training examples; "
+                     "lower batch_size.")
+  total_steps = config.get("total_steps", 0) or int(math.ceil(config.num_epochs * steps_per_epoch))
+  tx, schedule = optim.build_optimizer(config.optim, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
+                                       batch_size=config.batch_size)
+  return Run(config, mesh, method, tx, schedule, train_source, test_source, local_batch, steps_per_epoch,
+             total_steps)
+
+
+def _sample_batch(source: Any, n: int = 2) -> dict[str, np.ndarray]:
+  examples = [source[i] for i in range(n)]
+  return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+
+
+def _views(batch: dict[str, jax.Array], crops: tuple[jax.Array, ...]) -> dict[str, Any]:
+  return {**{k: v for k, v in batch.items() if k != "image"}, "crops": crops}
+
+
+def init_state(run: Run) -> tuple[TrainState, Any]:
+  """Initial train state on the mesh and its PartitionSpecs."""
+  key = jax.random.key(run.config.seed)
+  sample = _sample_batch(run.train_source)
+  crops = jax.jit(lambda im, k: augment.make_views(im, k, run.config.augment))(
+      sample["image"], augment.example_keys(key, jnp.arange(len(sample["image"]))))
+  params, method_state = run.method.init(jax.random.fold_in(key, 1), _views(sample, crops))
+  state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": run.tx.init(params),
+           "method_state": method_state}
+  specs = {"step": P(), "params": P(), "opt_state": P(),
+           "method_state": run.method.state_sharding(method_state)}
+  shardings = jax.tree.map(lambda s: jax.sharding.NamedSharding(run.mesh, s), specs,
+                           is_leaf=lambda x: isinstance(x, P))
+  return jax.device_put(state, shardings), specs
+
+
+def make_train_step(run: Run, specs: Any) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, Any]]:
+  """jit(shard_map(per-device step)): batch sharded over 'data', state laid out by `specs`, state donated."""
+  method, tx, recipe, seed = run.method, run.tx, run.config.augment, run.config.seed
+
+  def per_device(state: TrainState, batch: dict[str, jax.Array]):
+    step = state["step"]
+    key = jax.random.fold_in(jax.random.key(seed), step)
+    aug_key, loss_key = jax.random.split(key)
+    keys = augment.example_keys(aug_key, parallel.global_example_index(batch["image"].shape[0]))
+    views = _views(batch, augment.make_views(batch["image"], keys, recipe))
+
+    def loss_fn(params):
+      return method.loss(params, state["method_state"], views, loss_key, step)
+
+    (loss, (method_state, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    if parallel.is_varying(loss):
+      raise TypeError(f"{type(method).__name__}.loss returned a per-device loss; return the global loss "
+                      "(lax.pmean/psum over 'data') so its gradient is the global-batch gradient.")
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    method_state = method.after_update(params, method_state, step)
+    metrics = parallel.pmean_varying({"loss": loss, **metrics})
+    new_state = {"step": step + 1, "params": params, "opt_state": opt_state, "method_state": method_state}
+    return new_state, metrics
+
+  return jax.jit(jax.shard_map(per_device, mesh=run.mesh, in_specs=(specs, P(parallel.DATA)),
+                               out_specs=(specs, P())), donate_argnums=(0,))
+
+
+def make_encode(run: Run, specs: Any) -> Callable[[TrainState, jax.Array], jax.Array]:
+  """jit(shard_map(encode)) of uint8 images -> backbone features, with the evaluation preprocessing."""
+  size = run.config.eval.get("image_size", 0) or run.config.data.image_size
+  crop_frac = run.config.eval.get("crop_frac", 1.0)
+
+  def per_device(params, method_state, images):
+    return run.method.encode(params, method_state, augment.eval_preprocess(images, size, crop_frac))
+
+  fn = jax.jit(jax.shard_map(per_device, mesh=run.mesh, in_specs=(P(), specs["method_state"], P(parallel.DATA)),
+                             out_specs=P(parallel.DATA)))
+  return lambda state, images: fn(state["params"], state["method_state"], images)
+
+
+def extract_features(run: Run, encode: Callable, state: TrainState, source: Any,
+                     max_examples: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """Features and labels of a whole split (every example once, in order), gathered to every host."""
+  batch_size = run.config.eval.get("batch_size", 0) or run.config.batch_size
+  local = parallel.check_batch_size(batch_size, run.mesh) * run.mesh.local_mesh.size
+  loader = pipeline.make_loader(source, global_batch=batch_size, seed=0, shuffle=False, num_epochs=1,
+                                drop_remainder=False)
+  feats, labels = [], []
+  for batch in loader:
+    n = len(batch["image"])
+    pad = local - n
+    host = {"image": np.pad(batch["image"], [(0, pad)] + [(0, 0)] * 3),
+            "label": np.pad(batch["label"], (0, pad)), "valid": np.arange(local) < n}
+    out = parallel.to_host({"f": encode(state, parallel.host_to_global({"image": host["image"]}, run.mesh)["image"]),
+                            **parallel.host_to_global({k: host[k] for k in ("label", "valid")}, run.mesh)})
+    feats.append(out["f"][out["valid"]])
+    labels.append(out["label"][out["valid"]])
+    if max_examples and sum(map(len, labels)) >= max_examples:
+      break
+  return np.concatenate(feats), np.concatenate(labels)
+
+
+def evaluate_knn(run: Run, encode: Callable, state: TrainState) -> dict[str, float]:
+  """kNN top-1/top-5 (%) of test-split features against the train split as memory."""
+  e = run.config.eval
+  memory, memory_labels = extract_features(run, encode, state, run.train_source, e.get("knn_train_examples"))
+  queries, query_labels = extract_features(run, encode, state, run.test_source)
+  acc = knn.knn_accuracy(queries, query_labels, memory, memory_labels, run.train_source.num_classes,
+                         k=e.get("knn_k", 200), temperature=e.get("knn_temperature", 0.07))
+  return {"eval/knn_top1": acc["top1"], "eval/knn_top5": acc["top5"]}
+
+
+def _batches(loader_iter: Iterator, mesh: Mesh) -> Iterator[dict[str, jax.Array]]:
+  for batch in loader_iter:
+    yield parallel.host_to_global(batch, mesh)
+
+
+def _check_finite(loss: float, step: int, ckpt: checkpoint.Checkpointer) -> None:
+  if not math.isfinite(loss):
+    last = ckpt.latest_step()
+    where = f"the last checkpoint (step {last}) is intact" if last is not None else "no checkpoint was written"
+    raise FloatingPointError(f"Loss became {loss} at step {step}; {where}; lower optim.lr or enable "
+                             "optim.clip_norm and rerun the same command to resume.")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Trains `config` in `workdir` (resuming from its latest checkpoint) and returns the last metrics."""
+  parallel.initialize_distributed()
+  run = build_run(config)
+  os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+  state, specs = init_state(run)
+  train_step, encode = make_train_step(run, specs), make_encode(run, specs)
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.get("keep_checkpoints", 3))
+  loader = pipeline.make_loader(run.train_source, global_batch=config.batch_size, seed=config.seed, shuffle=True,
+                                num_epochs=None, worker_count=config.data.get("worker_count", 0))
+  loader_iter = iter(loader)
+  restored = ckpt.restore(state)
+  if restored is not None:
+    start, state, data_state = restored
+    if data_state is not None:
+      loader_iter.set_state(data_state)
+  else:
+    start = 0
+  reporter = reporting.Reporter(workdir, run.total_steps, tensorboard=config.get("tensorboard", True))
+  reporter.say(f"cl_jax: {config.method.name} on {config.data.dataset} | {run.mesh.size} device(s) | "
+               f"batch {config.batch_size} | {run.total_steps} steps"
+               + (f" | resumed from step {start}" if start else ""))
+  history: dict[str, float] = {}
+  has_eval = run.test_source is not None and config.eval.get("every", 0) >= 0
+
+  def run_eval(step: int) -> None:
+    if not has_eval:
+      return
+    result = evaluate_knn(run, encode, state)
+    history.update(result)
+    reporter.write(step, result)
+    reporter.say(f"step {step:>6}: kNN top-1 {result['eval/knn_top1']:.2f}% "
+                 f"(top-5 {result['eval/knn_top5']:.2f}%)")
+
+  if start == 0:
+    run_eval(0)
+  timer = reporting.Throughput()
+  timer.reset(start)
+  batches = _batches(loader_iter, run.mesh)
+  log_every, eval_every = config.get("log_every", 50), config.eval.get("every", 0)
+  ckpt_every = config.get("checkpoint_every", 1000)
+  step = start
+  try:
+    while step < run.total_steps:
+      state, metrics = train_step(state, next(batches))
+      step += 1
+      is_log = step % log_every == 0 or step == run.total_steps
+      is_ckpt = step % ckpt_every == 0 or step == run.total_steps
+      if is_log or is_ckpt:
+        metrics = jax.tree.map(float, jax.device_get(metrics))
+        _check_finite(metrics["loss"], step, ckpt)
+      if is_log:
+        ips, sps = timer.measure(step, config.batch_size)
+        lr = float(run.schedule(step - 1))
+        reporter.write(step, {**metrics, "lr": lr, "images_per_sec": ips})
+        reporter.progress(step, metrics["loss"], lr, ips, sps)
+        history.update(metrics)
+      if is_ckpt:
+        ckpt.save(step, state, loader_iter.get_state())
+      if (eval_every and step % eval_every == 0) or step == run.total_steps:
+        run_eval(step)
+        timer.reset(step)
+  finally:
+    ckpt.close()
+    reporter.close()
+  return history

@@ -1,0 +1,49 @@
+"""Quick start: self-supervised pretraining on the embedded `shapes` data, on a laptop CPU in minutes.
+
+  python -m cl_jax.main --config=configs/quickstart.py --workdir=/tmp/cl_jax_quickstart
+  python -m cl_jax.main --config=configs/quickstart.py:method=simclr,runlocal --workdir=/tmp/cl_jax_q
+
+Arguments: method=<name> (simclr), runlocal (a few steps, for smoke tests), steps=N, batch=N.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from cl_jax.config_args import parse_arg
+from cl_jax.data.augment import group
+
+
+def method_config(name: str) -> ml_collections.ConfigDict:
+  """Per-method settings for the embedded data."""
+  known = {
+      "simclr": dict(name="simclr", version=1, temperature=0.2, proj_hidden=256, proj_dim=64),
+  }
+  if name not in known:
+    raise ValueError(f"quickstart has no settings for method '{name}'; known: {', '.join(sorted(known))}.")
+  return ml_collections.ConfigDict(known[name])
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  a = parse_arg(arg, method="simclr", runlocal=False, steps=0, batch=256)
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.method = method_config(a.method)
+  c.model = dict(name="resnet_tiny", width=1.0, stem="cifar", bn="sync", dtype="float32")
+  c.data = dict(dataset="shapes", image_size=32, num_train=10_000, num_test=2_000, seed=0, worker_count=0)
+  c.augment = ml_collections.ConfigDict({"global": group(size=32, views=2, scale=(0.2, 1.0), jitter_strength=0.5,
+                                                         blur_p=(0.0,))})
+  c.batch_size = a.batch
+  c.num_epochs = 12
+  c.total_steps = a.steps
+  c.optim = dict(name="adamw", lr=2e-3, lr_scaling="none", weight_decay=1e-4, warmup_epochs=1, schedule="cosine")
+  c.eval = dict(every=0, knn_k=200, knn_temperature=0.07, batch_size=500)
+  c.log_every = 20
+  c.checkpoint_every = 200
+  c.keep_checkpoints = 2
+  c.tensorboard = True
+  if a.runlocal:
+    c.data.num_train, c.data.num_test = 512, 256
+    c.batch_size, c.total_steps, c.log_every, c.checkpoint_every = 64, 3, 1, 2
+    c.eval.batch_size = 128
+    c.optim.warmup_epochs = 0
+  return c

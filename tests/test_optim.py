@@ -1,0 +1,185 @@
+"""Optimizers and schedules from config, each checked against an independent numpy computation."""
+import math
+
+import jax
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from cl_jax.optim import build_optimizer
+
+
+def make_cfg(**kw):
+  return ml_collections.ConfigDict(kw)
+
+
+def build(total_steps=100, steps_per_epoch=10, batch_size=256, **kw):
+  return build_optimizer(make_cfg(**kw), total_steps=total_steps, steps_per_epoch=steps_per_epoch,
+                         batch_size=batch_size)
+
+
+@pytest.fixture(scope="module")
+def tree():
+  """Tiny params and two gradient trees: a 2-D kernel and 1-D BatchNorm scale/bias."""
+  rng = np.random.default_rng(0)
+  mk = lambda: {"conv": {"kernel": rng.normal(size=(3, 4)).astype(np.float32)},
+                "bn": {"scale": rng.normal(size=(4,)).astype(np.float32),
+                       "bias": rng.normal(size=(4,)).astype(np.float32)}}
+  return mk(), mk(), mk()
+
+
+def run(tx, params, grads_list):
+  """Apply `tx` to a sequence of gradients; return the list of updates as numpy trees."""
+  state, out = tx.init(params), []
+  for g in grads_list:
+    upd, state = tx.update(g, state, params)
+    params = optax.apply_updates(params, upd)
+    out.append(jax.tree.map(np.asarray, upd))
+  return out
+
+
+def assert_tree_close(a, b, rtol=1e-5, atol=1e-7):
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=rtol, atol=atol), a, b)
+
+
+def np_schedule(step, peak, warmup, total, end=0.0):
+  step = np.asarray(step, np.float64)
+  cos = end + (peak - end) * 0.5 * (1 + np.cos(np.pi * np.clip((step - warmup) / (total - warmup), 0, 1)))
+  return np.where(step < warmup, peak * step / max(warmup, 1), cos)
+
+
+@pytest.mark.parametrize("scaling,lr,base,batch,peak", [
+    ("linear", 0.3, 256, 1024, 1.2),              # SimCLR: 0.3 x B/256
+    ("sqrt", 0.075, 1, 4096, 0.075 * 64),         # SimCLR: 0.075 x sqrt(B)
+    ("none", 0.5, 256, 4096, 0.5)])
+def test_schedule_values(scaling, lr, base, batch, peak):
+  _, sched = build(total_steps=110, steps_per_epoch=10, batch_size=batch, name="sgd", lr=lr,
+                   lr_scaling=scaling, base_batch=base, warmup_epochs=1.0, end_lr=0.01)
+  steps = np.arange(0, 111)
+  got = np.asarray(jax.vmap(sched)(steps))
+  np.testing.assert_allclose(got, np_schedule(steps, peak, 10, 110, 0.01), rtol=1e-5, atol=1e-6)
+  assert got[0] == 0.0 and got[5] == pytest.approx(peak / 2, rel=1e-6)       # warmup ramp
+  assert got[10] == pytest.approx(peak, rel=1e-6)                            # peak = scaled lr
+  assert got[60] == pytest.approx((peak + 0.01) / 2, rel=1e-5)               # cosine midpoint
+  assert got[110] == pytest.approx(0.01, rel=1e-5)                           # end value
+
+
+def test_constant_schedule_and_warmup_steps_win():
+  _, sched = build(total_steps=50, name="sgd", lr=0.2, schedule="constant", warmup_steps=4, warmup_epochs=3.0)
+  np.testing.assert_allclose([float(sched(s)) for s in (0, 2, 4, 30, 50)], [0, 0.1, 0.2, 0.2, 0.2], rtol=1e-6)
+
+
+def np_lars(params, grads_list, lr, wd, eta, momentum, nesterov, exclude):
+  """The SimCLR LARSOptimizer (tf/lars_optimizer.py, classic_momentum=True) in numpy float64."""
+  params = jax.tree.map(lambda x: x.astype(np.float64), params)
+  vel = jax.tree.map(np.zeros_like, params)
+  out = []
+  for grads in grads_list:
+    def step(w, g, v):
+      use = not exclude or w.ndim > 1          # exclude_from_weight_decay / exclude_from_layer_adaptation
+      g = g + wd * w if use else g
+      tr = eta * np.linalg.norm(w) / np.linalg.norm(g) if use else 1.0
+      v_new = momentum * v + lr * tr * g
+      upd = momentum * v_new + lr * tr * g if nesterov else v_new
+      return -upd, v_new
+    res = jax.tree.map(step, params, grads, vel)
+    upd = jax.tree.map(lambda r: r[0], res, is_leaf=lambda x: isinstance(x, tuple))
+    vel = jax.tree.map(lambda r: r[1], res, is_leaf=lambda x: isinstance(x, tuple))
+    params = jax.tree.map(np.add, params, upd)
+    out.append(upd)
+  return out
+
+
+@pytest.mark.parametrize("exclude,nesterov", [(True, False), (True, True), (False, False)])
+def test_lars_matches_simclr(tree, exclude, nesterov):
+  params, g1, g2 = tree
+  tx, _ = build(name="lars", lr=0.5, schedule="constant", weight_decay=0.1, momentum=0.9,
+                nesterov=nesterov, exclude_bias_and_norm=exclude)
+  got = run(tx, params, [g1, g2])
+  want = np_lars(params, [g1, g2], lr=0.5, wd=0.1, eta=0.001, momentum=0.9, nesterov=nesterov, exclude=exclude)
+  assert_tree_close(got, want)
+  if exclude and not nesterov:  # 1-D params: plain momentum SGD, no decay, no trust ratio.
+    np.testing.assert_allclose(got[0]["bn"]["bias"], -0.5 * g1["bn"]["bias"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("exclude", [True, False])
+def test_adamw_decay_mask(tree, exclude):
+  params, g1, _ = tree
+  tx, _ = build(name="adamw", lr=0.1, schedule="constant", weight_decay=0.5, exclude_bias_and_norm=exclude)
+  (got,) = run(tx, params, [g1])
+  # First Adam step: m_hat = g, v_hat = g^2; decoupled decay lr*wd*w on decayed params.
+  want = jax.tree.map(lambda w, g: -0.1 * (g / (np.abs(g) + 1e-8) + (0.5 * w if exclude is False or w.ndim > 1
+                                                                     else 0.0)), params, g1)
+  assert_tree_close(got, want, rtol=1e-4)
+
+
+def test_adamw_weight_decay_schedule(tree):
+  params, _, _ = tree
+  zeros = jax.tree.map(np.zeros_like, params)  # Adam moments stay 0, so the update is pure decay.
+  tx, _ = build(total_steps=2, name="adamw", lr=0.1, schedule="constant", weight_decay_schedule=(0.04, 0.4))
+  got = run(tx, params, [zeros] * 3)
+  w = params["conv"]["kernel"]
+  for t, wd in enumerate([0.04, 0.22, 0.4]):   # cosine 0.04 -> 0.4 over 2 steps (DINO)
+    w_t = w * np.prod([1 - 0.1 * d for d in [0.04, 0.22, 0.4][:t]])
+    np.testing.assert_allclose(got[t]["conv"]["kernel"], -0.1 * wd * w_t, rtol=1e-5)
+    np.testing.assert_array_equal(got[t]["bn"]["scale"], 0.0)
+
+
+def test_lamb_trust_ratio_mask(tree):
+  params, g1, _ = tree
+  tx, _ = build(name="lamb", lr=0.1, schedule="constant")
+  (got,) = run(tx, params, [g1])
+  r = jax.tree.map(lambda g: g / (np.abs(g) + 1e-6), g1)
+  k, rk = params["conv"]["kernel"], r["conv"]["kernel"]
+  np.testing.assert_allclose(got["conv"]["kernel"], -0.1 * np.linalg.norm(k) / np.linalg.norm(rk) * rk, rtol=1e-5)
+  np.testing.assert_allclose(got["bn"]["scale"], -0.1 * r["bn"]["scale"], rtol=1e-5)
+
+
+def test_clip_norm(tree):
+  params, g1, _ = tree
+  norm = math.sqrt(sum(float(np.sum(g ** 2)) for g in jax.tree.leaves(g1)))
+  tx, _ = build(name="sgd", lr=1.0, momentum=0.0, schedule="constant", clip_norm=0.5)
+  (got,) = run(tx, params, [g1])
+  assert_tree_close(got, jax.tree.map(lambda g: -g * 0.5 / norm, g1))
+  tx, _ = build(name="sgd", lr=1.0, momentum=0.0, schedule="constant", clip_norm=10 * norm)
+  assert_tree_close(run(tx, params, [g1])[0], jax.tree.map(lambda g: -g, g1))
+
+
+def test_grad_accum(tree):
+  params, g1, g2 = tree
+  cfg = dict(name="sgd", lr=0.3, momentum=0.9, total_steps=2)  # cosine: lr(0)=0.3, lr(1)=0.15
+  acc, _ = build(grad_accum_steps=2, **cfg)
+  got = run(acc, params, [g1, g2, g2, g1])
+  for i in (0, 2):
+    jax.tree.map(lambda u: np.testing.assert_array_equal(u, 0.0), got[i])
+  mean = jax.tree.map(lambda a, b: (a + b) / 2, g1, g2)
+  # numpy momentum SGD on the mean gradient, lr counted in optimizer updates.
+  want1 = jax.tree.map(lambda g: -0.3 * g, mean)
+  want2 = jax.tree.map(lambda g: -0.15 * (0.9 * g + g), mean)
+  assert_tree_close(got[1], want1)
+  assert_tree_close(got[3], want2)
+
+
+def test_frozen(tree):
+  params, g1, _ = tree
+  tx, _ = build(name="adamw", lr=0.1, weight_decay=0.5, schedule="constant", frozen=("bn",))
+  (got,) = run(tx, params, [g1])
+  np.testing.assert_array_equal(got["bn"]["scale"], 0.0)
+  np.testing.assert_array_equal(got["bn"]["bias"], 0.0)
+  k, g = params["conv"]["kernel"], g1["conv"]["kernel"]
+  np.testing.assert_allclose(got["conv"]["kernel"], -0.1 * (g / (np.abs(g) + 1e-8) + 0.5 * k), rtol=1e-4)
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(name="adam", lr=0.1), r"Unknown optimizer 'adam'; known optimizers: adamw, lamb, lars, sgd"),
+    (dict(name="sgd", lr=0.0), r"optim.lr must be > 0"),
+    (dict(name="sgd", lr=0.1, lr_scaling="cubic"), r"Unknown lr_scaling 'cubic'.*linear, sqrt, none"),
+    (dict(name="sgd", lr=0.1, schedule="step"), r"Unknown schedule 'step'.*cosine, constant"),
+    (dict(name="sgd", lr=0.1, warmup_epochs=20.0), r"exceeds total_steps=100.*lower optim.warmup"),
+    (dict(name="sgd", lr=0.1, grad_accum_steps=0), r"grad_accum_steps must be >= 1"),
+])
+def test_errors(kw, match):
+  with pytest.raises(ValueError, match=match) as err:
+    build(**kw)
+  assert "\n" not in str(err.value)

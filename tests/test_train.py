@@ -1,0 +1,119 @@
+"""The training loop end to end on tiny runs: metrics, no recompilation, 1 vs 8 devices, resume, bad input."""
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cl_jax import train
+from cl_jax.methods import METHODS
+from cl_jax.methods.simclr import SimCLR
+from configs import quickstart
+
+
+def tiny_config(**overrides):
+  c = quickstart.get_config("runlocal")
+  c.data.num_train, c.data.num_test = 256, 128
+  c.batch_size, c.eval.batch_size = 32, 64
+  for k, v in overrides.items():
+    *parents, last = k.split(".")
+    target = c
+    for p in parents:
+      target = target[p]
+    target[last] = v
+  return c
+
+
+def read_metrics(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("run"))
+  c = tiny_config(total_steps=4, log_every=1, checkpoint_every=2)
+  train.train_and_evaluate(c, workdir)
+  return c, workdir
+
+
+def test_run_writes_metrics_eval_and_checkpoints(quick_run):
+  _, workdir = quick_run
+  rows = read_metrics(workdir)
+  train_rows = [r for r in rows if "loss" in r]
+  assert [r["step"] for r in train_rows] == [1, 2, 3, 4]
+  for r in train_rows:
+    assert {"loss", "lr", "images_per_sec", "contrast_acc", "embedding_std"} <= set(r)
+    assert np.isfinite(r["loss"])
+  evals = [r for r in rows if "eval/knn_top1" in r]
+  assert [r["step"] for r in evals] == [0, 4]
+  assert all(0.0 <= r["eval/knn_top1"] <= 100.0 for r in evals)
+  assert os.path.exists(os.path.join(workdir, "config.json"))
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints")))[-1] == "4"
+  assert any(f.startswith("events") for f in os.listdir(os.path.join(workdir, "tensorboard")))
+
+
+def test_rerun_resumes_from_latest_checkpoint(quick_run):
+  c, workdir = quick_run
+  c = tiny_config(total_steps=6, log_every=1, checkpoint_every=2)
+  train.train_and_evaluate(c, workdir)
+  steps = [r["step"] for r in read_metrics(workdir) if "loss" in r]
+  assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def _losses(config, steps):
+  run = train.build_run(config)
+  state, specs = train.init_state(run)
+  step_fn = train.make_train_step(run, specs)
+  from cl_jax.data import pipeline
+  from cl_jax import parallel
+  it = iter(pipeline.make_loader(run.train_source, global_batch=config.batch_size, seed=config.seed,
+                                 shuffle=True, num_epochs=None))
+  losses = []
+  for _ in range(steps):
+    state, metrics = step_fn(state, parallel.host_to_global(next(it), run.mesh))
+    losses.append(float(metrics["loss"]))
+  return losses, step_fn
+
+
+def test_eight_devices_match_one_device_and_compile_once():
+  c8 = tiny_config()
+  c1 = tiny_config()
+  c1.parallel = {"num_devices": 1}
+  losses8, step_fn = _losses(c8, 5)
+  losses1, _ = _losses(c1, 5)
+  assert step_fn._cache_size() == 1   # no recompilation after the first step
+  np.testing.assert_allclose(losses8, losses1, rtol=2e-4)
+  assert len(set(np.round(losses8, 4))) > 1   # the run moves
+
+
+@METHODS.register("test_nan_at_step_3")
+class NanAtStep3(SimCLR):
+  """SimCLR whose loss becomes NaN from step 3 on, to test the NaN guard."""
+
+  def loss(self, params, state, views, key, step):
+    loss, aux = super().loss(params, state, views, key, step)
+    return jnp.where(step >= 2, jnp.nan, loss), aux
+
+
+def test_nan_loss_stops_with_step_and_keeps_checkpoint(tmp_path):
+  c = tiny_config(total_steps=6, log_every=1, checkpoint_every=2)
+  c.method.name = "test_nan_at_step_3"
+  with pytest.raises(FloatingPointError, match=r"at step 3; the last checkpoint \(step 2\) is intact"):
+    train.train_and_evaluate(c, str(tmp_path))
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("method.name", "simclrr", "Unknown method 'simclrr'; known methods: .*simclr"),
+    ("model.name", "resnet19", "Unknown backbone 'resnet19'; known backbones: .*resnet18"),
+    ("optim.name", "adamm", "Unknown optimizer 'adamm'; known optimizers: .*adamw"),
+    ("batch_size", 36, "Global batch 36 is not divisible by the 8 devices"),
+])
+def test_bad_config_fails_at_start_in_one_line(key, value, message):
+  c = tiny_config(**{key: value})
+  with pytest.raises(ValueError, match=message) as e:
+    train.build_run(c)
+  assert "\n" not in str(e.value)
