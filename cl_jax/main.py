@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/quickstart.py:method=simclr.",
@@ -14,6 +14,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv: list[str]) -> None:
   del argv
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)   # keep orbax/absl chatter out of the progress lines
   from cl_jax import train  # pylint: disable=g-import-not-at-top
   try:
     train.train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)

@@ -48,8 +48,11 @@ def build_run(config: ml_collections.ConfigDict) -> Run:
   mesh = parallel.make_mesh(config.get("parallel", {}).get("num_devices"))
   local_batch = parallel.check_batch_size(config.batch_size, mesh)
   method = get_method(config)
-  train_source = sources.get_source(config.data, "train")
-  test_source = sources.get_source(config.data, "test") if train_source.has_labels else None
+  data_cfg = config.data.copy_and_resolve_references()
+  with data_cfg.unlocked():
+    data_cfg.dataset = config.dataset
+  train_source = sources.get_source(data_cfg, "train")
+  test_source = sources.get_source(data_cfg, "test") if train_source.has_labels else None
   steps_per_epoch = len(train_source) // config.batch_size
   if steps_per_epoch == 0:
     raise ValueError(f"batch_size {config.batch_size} is larger than the {len(train_source)} training examples; "
@@ -195,7 +198,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   else:
     start = 0
   reporter = reporting.Reporter(workdir, run.total_steps, tensorboard=config.get("tensorboard", True))
-  reporter.say(f"cl_jax: {config.method.name} on {config.data.dataset} | {run.mesh.size} device(s) | "
+  reporter.say(f"cl_jax: {config.method.name} on {config.dataset} | {run.mesh.size} device(s) | "
                f"batch {config.batch_size} | {run.total_steps} steps"
                + (f" | resumed from step {start}" if start else ""))
   history: dict[str, float] = {}

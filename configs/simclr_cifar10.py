@@ -23,7 +23,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.seed = 0
   c.method = dict(name="simclr", version=1, temperature=a.temperature, proj_hidden=512, proj_dim=128)
   c.model = dict(name="resnet18", width=1.0, stem="cifar", bn="sync", dtype="float32")
-  c.data = dict(dataset="cifar10", image_size=32, data_dir=None, seed=0, worker_count=4)
+  c.dataset = "cifar10"
+  c.data = dict(image_size=32, data_dir=None, seed=0, worker_count=4)
   c.augment = ml_collections.ConfigDict({"global": group(size=32, views=2, jitter_strength=0.5, blur_p=(0.0,))})
   c.batch_size = a.batch
   c.num_epochs = a.epochs
@@ -37,7 +38,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.tensorboard = True
   if a.runlocal:
     c.model.name = "resnet_tiny"
-    c.data = dict(dataset="shapes", image_size=32, num_train=256, num_test=128, seed=0, worker_count=0)
+    c.dataset = "shapes"
+    c.data = dict(image_size=32, num_train=256, num_test=128, seed=0, worker_count=0)
     c.batch_size, c.total_steps, c.log_every, c.checkpoint_every = 64, 3, 1, 3
     c.eval.batch_size, c.eval.every = 128, 0
     c.optim.warmup_epochs = 0

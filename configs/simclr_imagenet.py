@@ -23,7 +23,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.seed = 0
   c.method = dict(name="simclr", version=1, temperature=0.1, proj_hidden=2048, proj_dim=128)
   c.model = dict(name=f"resnet{a.depth}", width=a.width, stem="imagenet", bn="sync", dtype="bfloat16")
-  c.data = dict(dataset="imagenet2012", image_size=256, data_dir=None, seed=0, worker_count=16)
+  c.dataset = "imagenet2012"
+  c.data = dict(image_size=256, data_dir=None, seed=0, worker_count=16)
   c.augment = ml_collections.ConfigDict({"global": group(size=224, views=2, jitter_strength=1.0, blur_p=(0.5,))})
   c.batch_size = a.batch
   c.num_epochs = a.epochs
@@ -38,7 +39,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.tensorboard = True
   if a.runlocal:
     c.model = dict(name="resnet_tiny", width=1.0, stem="imagenet", bn="sync", dtype="float32")
-    c.data = dict(dataset="shapes", image_size=64, num_train=256, num_test=128, seed=0, worker_count=0)
+    c.dataset = "shapes"
+    c.data = dict(image_size=64, num_train=256, num_test=128, seed=0, worker_count=0)
     c.augment["global"].size = 56
     c.method.proj_hidden = 64
     c.batch_size, c.total_steps, c.log_every, c.checkpoint_every = 64, 3, 1, 3

@@ -24,7 +24,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   hidden = int(2048 * a.width) if a.depth >= 50 else int(512 * a.width)
   c.method = dict(name="simclr", version=2, temperature=0.1, proj_hidden=hidden, proj_dim=128)
   c.model = dict(name=f"resnet{a.depth}", width=a.width, stem="imagenet", bn="sync", dtype="bfloat16")
-  c.data = dict(dataset="imagenet2012", image_size=256, data_dir=None, seed=0, worker_count=16)
+  c.dataset = "imagenet2012"
+  c.data = dict(image_size=256, data_dir=None, seed=0, worker_count=16)
   c.augment = ml_collections.ConfigDict({"global": group(size=224, views=2, jitter_strength=1.0, blur_p=(0.5,))})
   c.batch_size = a.batch
   c.num_epochs = a.epochs
@@ -40,7 +41,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.tensorboard = True
   if a.runlocal:
     c.model = dict(name="resnet_tiny", width=1.0, stem="cifar", bn="sync", dtype="float32")
-    c.data = dict(dataset="shapes", image_size=32, num_train=256, num_test=128, seed=0, worker_count=0)
+    c.dataset = "shapes"
+    c.data = dict(image_size=32, num_train=256, num_test=128, seed=0, worker_count=0)
     c.augment["global"].size = 32
     c.method.proj_hidden = 64
     c.batch_size, c.total_steps, c.log_every, c.checkpoint_every = 64, 3, 1, 3
