@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import Any
 
 import jax
@@ -45,12 +46,21 @@ class Checkpointer:
         restored = self._manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()))
       except Exception as e:  # noqa: BLE001 - any failure to read means: fall back to the previous one
-        log.warning("Checkpoint %d in %s is unreadable (%s: %s); trying the previous one.",
-                    step, self.directory, type(e).__name__, str(e).splitlines()[0][:200])
+        log.warning("Checkpoint %d in %s is unreadable (%s: %s); moved it to %s and trying the previous one.",
+                    step, self.directory, type(e).__name__, str(e).splitlines()[0][:200], self._set_aside(step))
         continue
       it = restored["data"]["iterator"]
       return step, restored["state"], it.encode() if it is not None else None
     return None
+
+  def _set_aside(self, step: int) -> str:
+    """Moves an unreadable checkpoint out of the way (kept for inspection) so the step can be saved again."""
+    target = os.path.join(self.directory + "_unreadable", f"{step}-{int(time.time())}")
+    if jax.process_index() == 0:
+      os.makedirs(os.path.dirname(target), exist_ok=True)
+      os.replace(os.path.join(self.directory, str(step)), target)
+    self._manager.reload()
+    return target
 
   def wait(self) -> None:
     self._manager.wait_until_finished()

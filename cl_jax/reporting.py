@@ -20,21 +20,45 @@ def _format_eta(seconds: float) -> str:
   return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
+def _truncate_after(path: str, step: int) -> None:
+  """Drops rows logged after `step` (a run killed after its last checkpoint repeats those steps)."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    rows = [line for line in f if line.strip()]
+  keep = []
+  for line in rows:
+    try:
+      if json.loads(line)["step"] <= step:
+        keep.append(line)
+    except (json.JSONDecodeError, KeyError):
+      continue   # a line half-written by a killed run
+  with open(path + ".tmp", "w") as f:
+    f.writelines(keep)
+  os.replace(path + ".tmp", path)
+
+
 class Reporter:
   """Appends one JSON object per log step to `<workdir>/metrics.jsonl` and mirrors scalars to TensorBoard.
 
   Only process 0 writes; every process may call it.
   """
 
-  def __init__(self, workdir: str, total_steps: int, tensorboard: bool = True, stream=None):
+  def __init__(self, workdir: str, total_steps: int, tensorboard: bool = True, stream=None,
+               resume_step: int | None = None):
     self.total_steps = total_steps
     self.active = jax.process_index() == 0
     self.stream = stream or sys.stdout
+    self._tty = bool(getattr(self.stream, "isatty", lambda: False)())
+    self._open_line = False   # a progress bar is on the current terminal line
     self._tb = None
     self._jsonl = None
     if self.active:
       os.makedirs(workdir, exist_ok=True)
-      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+      path = os.path.join(workdir, "metrics.jsonl")
+      if resume_step is not None:
+        _truncate_after(path, resume_step)
+      self._jsonl = open(path, "a")
       if tensorboard:
         from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
         self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
@@ -63,12 +87,20 @@ class Reporter:
     if not self.active:
       return
     eta = _format_eta((self.total_steps - step) * seconds_per_step)
-    print(f"step {step:>6}/{self.total_steps} | loss {loss:.4f} | lr {lr:.4g} | "
-          f"{images_per_sec:,.0f} img/s | eta {eta}", file=self.stream, flush=True)
+    text = (f"step {step:>6}/{self.total_steps} | loss {loss:.4f} | lr {lr:.4g} | "
+            f"{images_per_sec:,.0f} img/s | eta {eta}")
+    if self._tty:
+      done = int(30 * step / max(self.total_steps, 1))
+      end = "\n" if step >= self.total_steps else ""
+      print(f"\r[{'#' * done}{'.' * (30 - done)}] {text}", end=end, file=self.stream, flush=True)
+      self._open_line = not end
+    else:
+      print(text, file=self.stream, flush=True)
 
   def say(self, text: str) -> None:
     if self.active:
-      print(text, file=self.stream, flush=True)
+      print(("\n" if self._open_line else "") + text, file=self.stream, flush=True)
+      self._open_line = False
 
   def close(self) -> None:
     if self._jsonl is not None:

@@ -18,14 +18,15 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, PartitionSpec as P
 
-from cl_jax import checkpoint, optim, parallel, reporting
+from cl_jax import checkpoint, optim, parallel, preemption, reporting, workdir as workdir_lib
 from cl_jax.data import augment, pipeline, sources
-from cl_jax.eval import knn
+from cl_jax.eval import knn, online_probe
+from cl_jax.data.view_grid import view_grid_image
 from cl_jax.methods import Method, get_method
 
 log = logging.getLogger(__name__)
 
-TrainState = dict[str, Any]   # {"step", "params", "opt_state", "method_state"}
+TrainState = dict[str, Any]   # {"step", "params", "opt_state", "method_state"[, "probe"]}
 
 
 @dataclasses.dataclass
@@ -53,6 +54,8 @@ def build_run(config: ml_collections.ConfigDict) -> Run:
     data_cfg.dataset = config.dataset
   train_source = sources.get_source(data_cfg, "train")
   test_source = sources.get_source(data_cfg, "test") if train_source.has_labels else None
+  if config.get("online_probe", False) and not train_source.has_labels:
+    raise ValueError(f"online_probe needs labels but {config.dataset} has none; set online_probe=False.")
   steps_per_epoch = len(train_source) // config.batch_size
   if steps_per_epoch == 0:
     raise ValueError(f"batch_size {config.batch_size} is larger than the {len(train_source)} training examples; "
@@ -79,11 +82,18 @@ def init_state(run: Run) -> tuple[TrainState, Any]:
   sample = _sample_batch(run.train_source)
   crops = jax.jit(lambda im, k: augment.make_views(im, k, run.config.augment))(
       sample["image"], augment.example_keys(key, jnp.arange(len(sample["image"]))))
-  params, method_state = run.method.init(jax.random.fold_in(key, 1), _views(sample, crops))
+  params, method_state = jax.jit(run.method.init)(jax.random.fold_in(key, 1), _views(sample, crops))
   state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": run.tx.init(params),
            "method_state": method_state}
   specs = {"step": P(), "params": P(), "opt_state": P(),
            "method_state": run.method.state_sharding(method_state)}
+  if run.config.get("online_probe", False):
+    size = run.config.eval.get("image_size", 0) or run.config.data.image_size
+    feats = jax.eval_shape(lambda p, s, im: run.method.encode(p, s, augment.eval_preprocess(im, size)),
+                           params, method_state, sample["image"])
+    probe_params = online_probe.init(key, feats.shape[-1], run.train_source.num_classes)
+    state["probe"] = {"params": probe_params, "opt_state": online_probe.optimizer().init(probe_params)}
+    specs["probe"] = P()
   shardings = jax.tree.map(lambda s: jax.sharding.NamedSharding(run.mesh, s), specs,
                            is_leaf=lambda x: isinstance(x, P))
   return jax.device_put(state, shardings), specs
@@ -92,6 +102,7 @@ def init_state(run: Run) -> tuple[TrainState, Any]:
 def make_train_step(run: Run, specs: Any) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, Any]]:
   """jit(shard_map(per-device step)): batch sharded over 'data', state laid out by `specs`, state donated."""
   method, tx, recipe, seed = run.method, run.tx, run.config.augment, run.config.seed
+  probe_tx = online_probe.optimizer()
 
   def per_device(state: TrainState, batch: dict[str, jax.Array]):
     step = state["step"]
@@ -110,9 +121,16 @@ def make_train_step(run: Run, specs: Any) -> Callable[[TrainState, dict[str, jax
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     method_state = method.after_update(params, method_state, step)
-    metrics = parallel.pmean_varying({"loss": loss, **metrics})
+    features = metrics.pop("features", None)
+    metrics = {(k if "/" in k else f"train/{k}"): v for k, v in metrics.items()}
     new_state = {"step": step + 1, "params": params, "opt_state": opt_state, "method_state": method_state}
-    return new_state, metrics
+    if "probe" in state:
+      if features is None:
+        raise ValueError(f"online_probe needs {type(method).__name__}.loss to return backbone 'features' in its "
+                         "metrics; set online_probe=False.")
+      new_state["probe"], probe_metrics = online_probe.update(state["probe"], probe_tx, features, batch["label"])
+      metrics.update(probe_metrics)
+    return new_state, parallel.pmean_varying({"loss": loss, **metrics})
 
   return jax.jit(jax.shard_map(per_device, mesh=run.mesh, in_specs=(specs, P(parallel.DATA)),
                                out_specs=(specs, P())), donate_argnums=(0,))
@@ -163,6 +181,23 @@ def evaluate_knn(run: Run, encode: Callable, state: TrainState) -> dict[str, flo
   return {"eval/knn_top1": acc["top1"], "eval/knn_top5": acc["top5"]}
 
 
+def load_run(workdir: str, config: ml_collections.ConfigDict | None = None) -> tuple[Run, TrainState, Any, int]:
+  """(run, train state restored from the latest checkpoint, state specs, step) of a trained workdir."""
+  config = config if config is not None else workdir_lib.load_config(workdir)
+  run = build_run(config)
+  state, specs = init_state(run)
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.get("keep_checkpoints", 3))
+  try:
+    restored = ckpt.restore(state)
+  finally:
+    ckpt.close()
+  if restored is None:
+    raise FileNotFoundError(f"{workdir} has no checkpoint to evaluate; train first or pass the workdir of a "
+                            "finished run.")
+  step, state, _ = restored
+  return run, state, specs, step
+
+
 def _batches(loader_iter: Iterator, mesh: Mesh) -> Iterator[dict[str, jax.Array]]:
   for batch in loader_iter:
     yield parallel.host_to_global(batch, mesh)
@@ -176,28 +211,41 @@ def _check_finite(loss: float, step: int, ckpt: checkpoint.Checkpointer) -> None
                              "optim.clip_norm and rerun the same command to resume.")
 
 
+def _write_view_grid(run: Run, reporter: reporting.Reporter, workdir: str) -> None:
+  """A PNG (and TensorBoard image) of a few training images next to their augmented views."""
+  sample = _sample_batch(run.train_source, min(8, len(run.train_source)))
+  keys = augment.example_keys(jax.random.key(run.config.seed), jnp.arange(len(sample["image"])))
+  crops = jax.jit(lambda im, k: augment.make_views(im, k, run.config.augment))(sample["image"], keys)
+  grid = view_grid_image(sample["image"], [np.asarray(c) for c in crops])
+  reporter.image("augmentations", 0, grid)
+  if reporter.active:
+    from PIL import Image  # pylint: disable=g-import-not-at-top
+    Image.fromarray(grid).save(os.path.join(workdir, "augmentations.png"))
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-  """Trains `config` in `workdir` (resuming from its latest checkpoint) and returns the last metrics."""
+  """Trains `config` in `workdir`, resuming exactly from its latest checkpoint; returns the last metrics.
+
+  SIGTERM writes a checkpoint at the next step boundary and returns early; rerunning resumes.
+  """
   parallel.initialize_distributed()
+  workdir_lib.check_resumable(workdir, config)
   run = build_run(config)
-  os.makedirs(workdir, exist_ok=True)
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
+  workdir_lib.write_config(workdir, config)
   state, specs = init_state(run)
   train_step, encode = make_train_step(run, specs), make_encode(run, specs)
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.get("keep_checkpoints", 3))
   loader = pipeline.make_loader(run.train_source, global_batch=config.batch_size, seed=config.seed, shuffle=True,
                                 num_epochs=None, worker_count=config.data.get("worker_count", 0))
   loader_iter = iter(loader)
+  start = 0
   restored = ckpt.restore(state)
   if restored is not None:
     start, state, data_state = restored
     if data_state is not None:
       loader_iter.set_state(data_state)
-  else:
-    start = 0
-  reporter = reporting.Reporter(workdir, run.total_steps, tensorboard=config.get("tensorboard", True))
+  reporter = reporting.Reporter(workdir, run.total_steps, tensorboard=config.get("tensorboard", True),
+                                resume_step=start)
   reporter.say(f"cl_jax: {config.method.name} on {config.dataset} | {run.mesh.size} device(s) | "
                f"batch {config.batch_size} | {run.total_steps} steps"
                + (f" | resumed from step {start}" if start else ""))
@@ -214,19 +262,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                  f"(top-5 {result['eval/knn_top5']:.2f}%)")
 
   if start == 0:
+    _write_view_grid(run, reporter, workdir)
     run_eval(0)
   timer = reporting.Throughput()
   timer.reset(start)
   batches = _batches(loader_iter, run.mesh)
   log_every, eval_every = config.get("log_every", 50), config.eval.get("every", 0)
   ckpt_every = config.get("checkpoint_every", 1000)
+  guard = preemption.PreemptionGuard()
   step = start
   try:
     while step < run.total_steps:
       state, metrics = train_step(state, next(batches))
       step += 1
+      stop = guard.should_stop()
       is_log = step % log_every == 0 or step == run.total_steps
-      is_ckpt = step % ckpt_every == 0 or step == run.total_steps
+      is_ckpt = step % ckpt_every == 0 or step == run.total_steps or stop
       if is_log or is_ckpt:
         metrics = jax.tree.map(float, jax.device_get(metrics))
         _check_finite(metrics["loss"], step, ckpt)
@@ -238,10 +289,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         history.update(metrics)
       if is_ckpt:
         ckpt.save(step, state, loader_iter.get_state())
+      if stop:
+        ckpt.wait()
+        reporter.say(f"Preempted: checkpoint written at step {step}; rerun the same command to resume.")
+        break
       if (eval_every and step % eval_every == 0) or step == run.total_steps:
         run_eval(step)
         timer.reset(step)
   finally:
+    guard.close()
     ckpt.close()
     reporter.close()
   return history

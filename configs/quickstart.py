@@ -31,10 +31,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model = dict(name="resnet_tiny", width=1.0, stem="imagenet", bn="sync", dtype="float32")
   c.dataset = "shapes"
   c.data = dict(image_size=32, num_train=10_000, num_test=2_000, seed=0, worker_count=0)
-  c.augment = ml_collections.ConfigDict({"global": group(size=32, views=2, scale=(0.2, 1.0), jitter_strength=0.5,
-                                                         blur_p=(0.0,))})
+  c.augment = ml_collections.ConfigDict({"global": group(size=32, views=2, scale=(0.25, 1.0), jitter_strength=1.0,
+                                                         grayscale_p=0.2, blur_p=(0.5,))})
   c.batch_size = a.batch
-  c.num_epochs = 15
+  c.num_epochs = 9
   c.total_steps = a.steps
   c.optim = dict(name="adamw", lr=2e-3, lr_scaling="none", weight_decay=1e-4, warmup_epochs=1, schedule="cosine")
   c.eval = dict(every=0, knn_k=200, knn_temperature=0.07, batch_size=500)

@@ -192,6 +192,6 @@ def test_learnable_but_not_trivial(train, test_split):
   raw = _one_nn_accuracy(train["image"], train["label"], test_split["image"], test_split["label"])
   sil = _one_nn_accuracy(train["mask"] > 0, train["label"], test_split["mask"] > 0,
                          test_split["label"])
-  # Measured at 2000 train / 500 test: raw 0.12, silhouettes 0.47 (chance 0.10).
+  # Measured at 2000 train / 500 test: raw 0.17, silhouettes 0.70 (chance 0.10).
   assert raw < 0.25, raw
   assert sil > 0.35 and sil > raw + 0.2, (sil, raw)

@@ -45,7 +45,7 @@ def test_run_writes_metrics_eval_and_checkpoints(quick_run):
   train_rows = [r for r in rows if "loss" in r]
   assert [r["step"] for r in train_rows] == [1, 2, 3, 4]
   for r in train_rows:
-    assert {"loss", "lr", "images_per_sec", "contrast_acc", "embedding_std"} <= set(r)
+    assert {"loss", "lr", "images_per_sec", "train/contrast_acc", "train/embedding_std"} <= set(r)
     assert np.isfinite(r["loss"])
   evals = [r for r in rows if "eval/knn_top1" in r]
   assert [r["step"] for r in evals] == [0, 4]

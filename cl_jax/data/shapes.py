@@ -40,9 +40,12 @@ DEFAULT_NUM_EXAMPLES: dict[str, int] = {"train": 10_000, "test": 2_000}
 _PALETTE = ((220, 30, 30), (245, 135, 20), (240, 220, 30), (40, 170, 50), (35, 70, 220),
             (140, 40, 190), (245, 245, 245), (15, 15, 15))
 # Shape radius (every shape fits in its unit disc) as a fraction of the image size, per size class.
-_SIZE_RANGES = ((0.17, 0.2), (0.23, 0.27), (0.3, 0.35))
+_SIZE_RANGES = ((0.24, 0.28), (0.3, 0.34), (0.36, 0.4))
 _COLOR_JITTER = 20.0       # +- per RGB channel around the palette colour
 _MIN_CONTRAST = 110.0      # min RGB distance between shape colour and any background colour
+_TEXTURE_CONTRAST = (20.0, 45.0)  # RGB distance between the two background colours (weak texture)
+_TEXTURE_PERIODS = (0.14, 0.2, 0.28)  # texture period as a fraction of the image size
+_TEXTURE_ANGLES = 4       # texture orientations, evenly spaced over 180 degrees
 _NOISE_GRID = 6            # coarse grid of the "noisy" background's smooth component
 _MAX_ELEMENTS = 1 << 23    # supersampled pixels rendered per vectorised chunk
 
@@ -192,13 +195,14 @@ def _sample_example(rng: np.random.Generator, image_size: int) -> dict:
   row, col = divmod(position, 3)
   cy = margin + (row + z[7]) / 3 * (s - 2 * margin)
   cx = margin + (col + z[8]) / 3 * (s - 2 * margin)
-  angle, tex_angle = 2 * math.pi * z[9], 2 * math.pi * z[10]
+  angle, tex_angle = 2 * math.pi * z[9], math.pi * int(z[10] * _TEXTURE_ANGLES) / _TEXTURE_ANGLES
   rgb = [min(max(float(c) + _COLOR_JITTER * (2 * j - 1), 0.0), 255.0)
          for c, j in zip(_PALETTE[color], z[15:18])]
   for _ in range(1000):  # resample the background colours until the shape stands out
     w = rng.random(4).tolist()
     d = rng.standard_normal(3).tolist()
-    scale = (60 + 80 * w[3]) / max(math.sqrt(sum(x * x for x in d)), 1e-6)
+    lo_c, hi_c = _TEXTURE_CONTRAST
+    scale = (lo_c + (hi_c - lo_c) * w[3]) / max(math.sqrt(sum(x * x for x in d)), 1e-6)
     c1 = [255 * x for x in w[:3]]
     c2 = [min(max(x + scale * y, 0.0), 255.0) for x, y in zip(c1, d)]
     if _segment_distance(rgb, c1, c2) >= _MIN_CONTRAST:
@@ -206,7 +210,7 @@ def _sample_example(rng: np.random.Generator, image_size: int) -> dict:
   ex = dict(label=label, color=color, size=size, position=position, background=background,
             template=template, cy=cy, cx=cx, radius=radius, cos=math.cos(angle),
             sin=math.sin(angle), rgb=rgb, c1=c1, c2=c2, tcos=math.cos(tex_angle),
-            tsin=math.sin(tex_angle), period=(0.12 + 0.16 * z[11]) * s, phase_a=z[12],
+            tsin=math.sin(tex_angle), period=_TEXTURE_PERIODS[int(z[11] * len(_TEXTURE_PERIODS))] * s, phase_a=z[12],
             phase_b=z[13], knob=z[14], noise=None)
   if BACKGROUND_NAMES[background] == "noisy":
     ex["noise"] = (rng.random((_NOISE_GRID, _NOISE_GRID)), rng.random((s, s)))

@@ -41,9 +41,10 @@ class SimCLR(Method):
       raise ValueError(f"SimCLR takes 2 views per image, got {crops.shape[0]}; set augment.global.views=2.")
     b = crops.shape[1]
     x = crops.reshape((2 * b,) + crops.shape[2:])
-    (_, z), updates = self.model.apply({"params": params, **state}, x, train=True, mutable=["batch_stats"])
+    (h, z), updates = self.model.apply({"params": params, **state}, x, train=True, mutable=["batch_stats"])
     loss, metrics = nt_xent(z[:b], z[b:], self.temperature, axis_name=parallel.DATA)
     metrics["embedding_std"] = embedding_std(z, parallel.DATA)
+    metrics["features"] = h[:b]   # for the online linear probe
     return loss, ({"batch_stats": parallel.pmean_varying(updates["batch_stats"])}, metrics)
 
   def encode(self, params, state, images):

@@ -10,7 +10,7 @@ from flax import linen as nn
 
 from cl_jax.models.registry import BACKBONES, parse_bn, parse_dtype
 
-STEMS = ("imagenet", "cifar")
+STEMS = ("imagenet", "cifar", "small")
 # torchvision / Goyal et al. conv init: He normal with fan_out.
 _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
@@ -46,7 +46,8 @@ class ResNet(nn.Module):
   """ResNet features: `__call__(x [b,h,w,3], train) -> [b, feature_dim]` float32, average-pooled.
 
   `width` multiplies every channel count (SimCLR v2 Sec. 2 uses wider ResNets); `stem='cifar'` is
-  the 3x3/1 stem without max-pool (SimCLR Appendix B.9); `bn_axis_name='data'` synchronises
+  the 3x3/1 stem without max-pool (SimCLR Appendix B.9); `stem='small'` is one 3x3/2 conv without
+  max-pool (half resolution: cheaper than 'cifar', finer than 'imagenet' on tiny images); `bn_axis_name='data'` synchronises
   BatchNorm statistics over that mesh axis (train=True then needs shard_map; init with train=False
   works anywhere); `zero_init_last_bn` zero-inits each block's last BN gamma (Goyal et al. 2017,
   Sec. 5.1).
@@ -73,7 +74,7 @@ class ResNet(nn.Module):
   @property
   def total_stride(self) -> int:
     """Down-sampling factor from the input to the last feature map."""
-    return (4 if self.stem == "imagenet" else 1) * 2**(len(self.stage_sizes) - 1)
+    return {"imagenet": 4, "small": 2}.get(self.stem, 1) * 2**(len(self.stage_sizes) - 1)
 
   def _check_input(self, x: jax.Array) -> None:
     if self.stem not in STEMS:
@@ -103,6 +104,9 @@ class ResNet(nn.Module):
       x = conv(c0, (7, 7), (2, 2), padding=((3, 3), (3, 3)), name="stem_conv")(x)
       x = nn.relu(norm(name="stem_bn")(x))
       x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+    elif self.stem == "small":
+      x = conv(c0, (3, 3), (2, 2), padding=((1, 1), (1, 1)), name="stem_conv")(x)
+      x = nn.relu(norm(name="stem_bn")(x))
     else:
       x = conv(c0, (3, 3), padding=((1, 1), (1, 1)), name="stem_conv")(x)
       x = nn.relu(norm(name="stem_bn")(x))

@@ -1,0 +1,163 @@
+"""Offline evaluation of a trained workdir (its latest checkpoint):
+
+  python -m cl_jax.evaluate --workdir=/tmp/cl_jax_quickstart --protocol=linear          # --nofast: with augmentation
+  python -m cl_jax.evaluate --workdir=/tmp/cl_jax_quickstart --protocol=knn --config.eval.knn_k=20
+  python -m cl_jax.evaluate --workdir=/tmp/cl_jax_quickstart --protocol=tsne            # PNGs in <workdir>/eval/
+
+linear and knn append {"step", "eval/<protocol>_top1", "eval/<protocol>_top5"} to <workdir>/metrics.jsonl.
+`--config.eval.<name>=value` overrides the run's config.eval for this evaluation (names in EVAL_OPTIONS).
+"""
+from __future__ import annotations
+
+import sys
+from typing import Any, Callable
+
+import ml_collections
+from absl import app, flags, logging
+from ml_collections import config_dict, config_flags
+
+from cl_jax.registry import Registry
+
+# Evaluation settings that may be overridden on the command line, and their defaults when the run's config
+# has none. linear_fast=None means: fast on CPU, full (augmented) elsewhere; linear_epochs=None: 100 fast / 90 full.
+EVAL_OPTIONS: dict[str, tuple[type, Any]] = {
+    "linear_fast": (bool, None), "linear_epochs": (int, None), "linear_lr": (float, 0.1),
+    "linear_batch_size": (int, 256), "linear_weight_decay": (float, 0.0), "linear_seed": (int, 0),
+    "knn_k": (int, 200), "knn_temperature": (float, 0.07), "knn_train_examples": (int, None),
+    "tsne_points": (int, 2000), "retrieval_queries": (int, 8), "retrieval_k": (int, 8),
+    "batch_size": (int, None), "image_size": (int, None), "crop_frac": (float, None),
+}
+
+
+Protocol = Callable[..., tuple[dict[str, float], str]]   # (run, state, specs, workdir, step) -> (metrics, line)
+PROTOCOLS: Registry[Protocol] = Registry("protocol")
+
+
+def option(config: ml_collections.ConfigDict, name: str) -> Any:
+  """config.eval[name], or its EVAL_OPTIONS default when unset / None."""
+  value = config.eval.get(name)
+  return EVAL_OPTIONS[name][1] if value is None else value
+
+
+@PROTOCOLS.register("linear")
+def _linear(run, state, specs, workdir, step) -> tuple[dict[str, float], str]:
+  """Linear probe on frozen features (cl_jax.eval.linear); fast mode by default on CPU."""
+  del workdir
+  import jax  # pylint: disable=g-import-not-at-top
+  from cl_jax.eval import linear  # pylint: disable=g-import-not-at-top
+
+  c = run.config
+  fast = option(c, "linear_fast")
+  fast = jax.default_backend() == "cpu" if fast is None else bool(fast)
+  epochs = option(c, "linear_epochs") or (100 if fast else 90)
+  lr, batch = option(c, "linear_lr"), option(c, "linear_batch_size")
+  acc = linear.linear_eval(run, state, specs, fast=fast, epochs=epochs, lr=lr, batch_size=batch,
+                           seed=option(c, "linear_seed"), weight_decay=option(c, "linear_weight_decay"))
+  line = (f"step {step}: linear top-1 {acc['top1']:.2f}% (top-5 {acc['top5']:.2f}%) | "
+          f"{'fast (precomputed features)' if fast else 'full (augmented)'}, {epochs} epochs, lr {lr:g}, batch {batch}")
+  return {"eval/linear_top1": acc["top1"], "eval/linear_top5": acc["top5"]}, line
+
+
+@PROTOCOLS.register("knn")
+def _knn(run, state, specs, workdir, step) -> tuple[dict[str, float], str]:
+  """Weighted kNN of test features against the train split (Wu et al. 2018), as the training monitor."""
+  del workdir
+  from cl_jax import train  # pylint: disable=g-import-not-at-top
+
+  acc = train.evaluate_knn(run, train.make_encode(run, specs), state)
+  line = (f"step {step}: kNN top-1 {acc['eval/knn_top1']:.2f}% (top-5 {acc['eval/knn_top5']:.2f}%) | "
+          f"k={option(run.config, 'knn_k')}, T={option(run.config, 'knn_temperature'):g}")
+  return acc, line
+
+
+@PROTOCOLS.register("tsne")
+def _tsne(run, state, specs, workdir, step) -> tuple[dict[str, float], str]:
+  """t-SNE/UMAP and nearest-neighbour retrieval PNGs under <workdir>/eval/ (no metrics row)."""
+  from cl_jax.eval import embedding_plot  # pylint: disable=g-import-not-at-top
+
+  c = run.config
+  out = embedding_plot.embedding_plots(run, state, specs, workdir, step, max_points=option(c, "tsne_points"),
+                                       num_queries=option(c, "retrieval_queries"), k=option(c, "retrieval_k"))
+  line = (f"step {step}: wrote {out['tsne']} and {out['retrieval']} | retrieval precision@"
+          f"{option(c, 'retrieval_k')} {out['retrieval_precision']:.1f}%")
+  return {}, line
+
+
+def check_labels(config: ml_collections.ConfigDict, protocol: str) -> None:
+  """Fails in one line, before anything is compiled, when the run's dataset has no labels to evaluate with."""
+  from cl_jax.data import sources  # pylint: disable=g-import-not-at-top
+
+  data_cfg = config.data.copy_and_resolve_references()
+  with data_cfg.unlocked():
+    data_cfg.dataset = config.dataset
+  if not sources.get_source(data_cfg, "train").has_labels:
+    raise ValueError(f"the {protocol} protocol needs labels; dataset '{config.dataset}' has none (a flat folder?), "
+                     "evaluate a run trained on class folders (root/<class>/*.jpg), shapes or a tfds dataset.")
+
+
+def run_protocol(protocol: str, run: Any, state: Any, specs: Any, step: int, workdir: str,
+                 stream: Any = None) -> dict[str, float]:
+  """Runs `protocol` on a loaded run, appends its metrics to <workdir>/metrics.jsonl and prints one line."""
+  from cl_jax import reporting  # pylint: disable=g-import-not-at-top
+
+  metrics, line = PROTOCOLS.get(protocol)(run, state, specs, workdir, step)
+  reporter = reporting.Reporter(workdir, run.total_steps, tensorboard=False, stream=stream)
+  try:
+    if metrics:
+      reporter.write(step, metrics)
+    reporter.say(line)
+  finally:
+    reporter.close()
+  return metrics
+
+
+def evaluate(workdir: str, protocol: str, overrides: ml_collections.ConfigDict | None = None,
+             fast: bool | None = None, stream: Any = None) -> dict[str, float]:
+  """Loads the latest checkpoint of `workdir` (config.eval overridden by `overrides.eval`) and runs `protocol`."""
+  PROTOCOLS.get(protocol)
+  from cl_jax import train, workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+
+  config = workdir_lib.load_config(workdir)
+  with config.unlocked():
+    for name, value in (overrides.eval.items() if overrides is not None else ()):
+      if value is not None:
+        config.eval[name] = value
+    if fast is not None:
+      config.eval.linear_fast = bool(fast)
+  check_labels(config, protocol)
+  run, state, specs, step = train.load_run(workdir, config)
+  return run_protocol(protocol, run, state, specs, step, workdir, stream)
+
+
+def define_flags() -> None:
+  """The command-line flags (defined only when run as a program, so importing this module defines none)."""
+  config_flags.DEFINE_config_dict(
+      "config", ml_collections.ConfigDict({"eval": {k: config_dict.placeholder(t) for k, (t, _) in
+                                                    EVAL_OPTIONS.items()}}),
+      "Overrides of the run's evaluation settings, e.g. --config.eval.linear_epochs=50.")
+  flags.DEFINE_string("workdir", None, "Workdir of a trained run (config.json + checkpoints/).")
+  flags.DEFINE_string("protocol", "linear", f"Evaluation protocol: {', '.join(PROTOCOLS.names())}.")
+  flags.DEFINE_bool("fast", None, "linear: train on precomputed centre-crop features (default on CPU); "
+                    "--nofast trains on random-resized crops each epoch.")
+  flags.mark_flags_as_required(["workdir"])
+
+
+def main(argv: list[str]) -> None:
+  """Entry point: evaluates --workdir with --protocol; bad input ends with one `error:` line and exit code 1."""
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments {argv[1:]}; pass --workdir=... --protocol=...")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)   # keep orbax/absl chatter out of the result line
+  try:
+    PROTOCOLS.get(flags.FLAGS.protocol)       # fail before importing JAX
+    from cl_jax import parallel  # pylint: disable=g-import-not-at-top
+    parallel.initialize_distributed()
+    evaluate(flags.FLAGS.workdir, flags.FLAGS.protocol, flags.FLAGS.config, flags.FLAGS.fast)
+  except (ValueError, FileNotFoundError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)
