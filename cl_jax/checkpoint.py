@@ -29,13 +29,16 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
 
-  def save(self, step: int, state: Any, data_state: bytes | None) -> None:
-    """Starts writing checkpoint `step` (asynchronously; the run continues meanwhile)."""
-    data = {"iterator": data_state.decode() if data_state is not None else None}
+  def save(self, step: int, state: Any, data_state: Any) -> None:
+    """Starts writing checkpoint `step` (asynchronously; the run continues meanwhile).
+
+    `data_state` is the data iterator's JSON-able state (grain's), or None.
+    """
+    data = {"iterator": data_state}
     self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                       data=ocp.args.JsonSave(data)), force=True)
 
-  def restore(self, target: Any) -> tuple[int, Any, bytes | None] | None:
+  def restore(self, target: Any) -> tuple[int, Any, Any] | None:
     """The newest readable checkpoint as (step, state laid out like `target`, data state), or None.
 
     An unreadable newest checkpoint is reported in one line and the one before it is used.
@@ -49,8 +52,7 @@ class Checkpointer:
         log.warning("Checkpoint %d in %s is unreadable (%s: %s); moved it to %s and trying the previous one.",
                     step, self.directory, type(e).__name__, str(e).splitlines()[0][:200], self._set_aside(step))
         continue
-      it = restored["data"]["iterator"]
-      return step, restored["state"], it.encode() if it is not None else None
+      return step, restored["state"], restored["data"]["iterator"]
     return None
 
   def _set_aside(self, step: int) -> str:

@@ -3,7 +3,7 @@
 Each host reads a contiguous block of the records (the block grain's `ShardOptions` would give).
 The block is cut here rather than by grain's sampler: grain 0.2.18's `IndexSampler` silently drops a
 record when the blocks are uneven and `drop_remainder=False`, and evaluation must see every record.
-`iter(loader).get_state()` / `.set_state(state)` resume exactly (the state is JSON bytes).
+`iter(loader).get_state()` / `.set_state(state)` resume exactly (the state is a JSON-able dict).
 """
 from __future__ import annotations
 
@@ -59,13 +59,12 @@ class HostShard:
 def make_loader(source: Any, *, global_batch: int, seed: int, shuffle: bool,
                 num_epochs: int | None, drop_remainder: bool = True, worker_count: int = 0,
                 process_index: int | None = None,
-                process_count: int | None = None) -> grain.DataLoader:
-  """A grain DataLoader of this host's batches of `global_batch // process_count` records.
+                process_count: int | None = None) -> "Loader":
+  """A grain dataset of this host's batches of `global_batch // process_count` records.
 
   Evaluation: `shuffle=False, num_epochs=1, drop_remainder=False` yields every record once, the
-  last batch possibly smaller. With `worker_count > 0` grain batches per worker process (the order
-  then depends on the worker count, and each worker ends on its own partial batch), and grain
-  needs absl flags parsed (absl.app does it).
+  last batch possibly smaller. `worker_count > 0` reads batches in that many worker processes
+  (grain's multiprocessing prefetch; the order does not depend on the worker count).
   """
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
@@ -85,8 +84,23 @@ def make_loader(source: Any, *, global_batch: int, seed: int, shuffle: bool,
     raise ValueError(f"global batch {global_batch} ({batch} per host) is larger than the "
                      f"{len(shard)} records per host of '{name}' ({len(source)} records, "
                      f"{process_count} hosts); lower the batch size or use more data.")
-  sampler = grain.IndexSampler(num_records=len(shard), shard_options=grain.NoSharding(),
-                               shuffle=shuffle, num_epochs=num_epochs, seed=seed)
-  return grain.DataLoader(data_source=shard, sampler=sampler,
-                          operations=[grain.Batch(batch, drop_remainder=drop_remainder)],
-                          worker_count=worker_count, shard_options=grain.NoSharding())
+  dataset = grain.MapDataset.source(shard)
+  if shuffle:
+    dataset = dataset.shuffle(seed=seed)   # before repeat: a fresh permutation every epoch
+  dataset = dataset.repeat(num_epochs).batch(batch, drop_remainder=drop_remainder)
+  return Loader(dataset, worker_count)
+
+
+class Loader:
+  """Iterable of this host's batches; `iter(loader)` has `get_state()` / `set_state(state)` (a JSON-able dict)."""
+
+  def __init__(self, dataset: grain.MapDataset, worker_count: int = 0):
+    self.dataset, self.worker_count = dataset, worker_count
+
+  def __iter__(self):
+    # Records are read in the main thread: the sources here are in memory or random-access files, and
+    # grain's prefetch machinery costs more than it saves for them unless worker processes are asked for.
+    it = self.dataset.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
+    if self.worker_count > 0:
+      it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.worker_count))
+    return iter(it)
