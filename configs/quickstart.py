@@ -28,20 +28,26 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.method = method_config(a.method)
-  c.model = dict(name="resnet_tiny", width=1.0, stem="imagenet", bn="sync", dtype="float32")
+  # zero_init_last_bn=False: with every residual branch zeroed at init this tiny net starts as a strided 1x1
+  # subsampler and learns more slowly here (measured: 10.0 -> 15.9 vs 17.5 -> 23.1 kNN top-1 in 300-400 steps).
+  c.model = dict(name="resnet_tiny", width=1.0, stem="imagenet", bn="sync", dtype="float32",
+                 zero_init_last_bn=False)
   c.dataset = "shapes"
   c.data = dict(image_size=32, num_train=10_000, num_test=2_000, seed=0, worker_count=0)
-  c.augment = ml_collections.ConfigDict({"global": group(size=32, views=2, scale=(0.25, 1.0), jitter_strength=1.0,
-                                                         grayscale_p=0.2, blur_p=(0.5,))})
+  # Milder than the ImageNet recipe (as SimCLR's CIFAR recipe: s=0.5, no blur): with a tiny net and few steps,
+  # stronger views (scale 0.25, s=1, blur) left instance discrimination at ~3% accuracy and kNN flat.
+  c.augment = ml_collections.ConfigDict({"global": group(size=32, views=2, scale=(0.5, 1.0), jitter_strength=0.5,
+                                                         grayscale_p=0.2, blur_p=(0.0,))})
   c.batch_size = a.batch
   c.num_epochs = 9
   c.total_steps = a.steps
-  c.optim = dict(name="adamw", lr=2e-3, lr_scaling="none", weight_decay=1e-4, warmup_epochs=1, schedule="cosine")
+  c.optim = dict(name="adamw", lr=4e-3, lr_scaling="none", weight_decay=1e-4, warmup_epochs=1, schedule="cosine")
   c.eval = dict(every=0, knn_k=200, knn_temperature=0.07, batch_size=500)
   c.log_every = 20
   c.checkpoint_every = 200
   c.keep_checkpoints = 2
   c.tensorboard = True
+  c.online_probe = False
   if a.runlocal:
     c.data.num_train, c.data.num_test = 512, 256
     c.batch_size, c.total_steps, c.log_every, c.checkpoint_every = 64, 3, 1, 2

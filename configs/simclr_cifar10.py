@@ -36,6 +36,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.checkpoint_every = 2000
   c.keep_checkpoints = 3
   c.tensorboard = True
+  c.online_probe = False
   if a.runlocal:
     c.model.name = "resnet_tiny"
     c.dataset = "shapes"

@@ -39,6 +39,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.checkpoint_every = 1000
   c.keep_checkpoints = 3
   c.tensorboard = True
+  c.online_probe = False
   if a.runlocal:
     c.model = dict(name="resnet_tiny", width=1.0, stem="cifar", bn="sync", dtype="float32")
     c.dataset = "shapes"
