@@ -10,20 +10,7 @@ import pytest
 from cl_jax import train
 from cl_jax.methods import METHODS
 from cl_jax.methods.simclr import SimCLR
-from configs import quickstart
-
-
-def tiny_config(**overrides):
-  c = quickstart.get_config("runlocal")
-  c.data.num_train, c.data.num_test = 256, 128
-  c.batch_size, c.eval.batch_size = 32, 64
-  for k, v in overrides.items():
-    *parents, last = k.split(".")
-    target = c
-    for p in parents:
-      target = target[p]
-    target[last] = v
-  return c
+from tiny_runs import tiny_config
 
 
 def read_metrics(workdir):

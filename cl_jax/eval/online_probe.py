@@ -34,9 +34,9 @@ def loss(params: dict[str, jax.Array], features: jax.Array, labels: jax.Array,
 
 
 def update(probe: dict[str, Any], tx: optax.GradientTransformation, features: jax.Array,
-           labels: jax.Array) -> tuple[dict[str, Any], dict[str, jax.Array]]:
+           labels: jax.Array, axis_name: str | None = parallel.DATA) -> tuple[dict[str, Any], dict[str, jax.Array]]:
   """One probe step: new {"params", "opt_state"} and its metrics."""
-  (ce, acc), grads = jax.value_and_grad(loss, has_aux=True)(probe["params"], features, labels)
+  (ce, acc), grads = jax.value_and_grad(loss, has_aux=True)(probe["params"], features, labels, axis_name)
   updates, opt_state = tx.update(grads, probe["opt_state"], probe["params"])
   return ({"params": optax.apply_updates(probe["params"], updates), "opt_state": opt_state},
           {"train/online_linear_loss": ce, "train/online_linear_top1": acc})
