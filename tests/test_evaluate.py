@@ -135,7 +135,7 @@ def test_tsne_protocol_writes_pngs(workdir, loaded):
 def test_linear_full_mode_trains_the_head(loaded):
   run, state, specs, _ = loaded
   encode = train.make_encode(run, specs)
-  head, mean, std, losses = linear.train_head_augmented(run, state, specs, encode, epochs=4, lr=0.05,
+  head, mean, std, losses = linear.train_head_augmented(run, state, specs, encode, epochs=4, lr=0.005,
                                                         batch_size=64)
   assert losses.shape == (4 * (256 // 64),) and np.all(np.isfinite(losses))
   assert losses[-4:].mean() < losses[:4].mean()      # the head on frozen features fits the (cropped) images
