@@ -28,7 +28,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from ml_collections import config_flags
 
 from cl_jax import parallel, train
-from cl_jax.data import augment
+from cl_jax.data import augment, sources
 from cl_jax.losses.contrastive import nt_xent
 from cl_jax.models import build_backbone
 
@@ -273,7 +273,6 @@ def bench_augment(config: ml_collections.ConfigDict, repeats: int, gemm_peak: fl
   data_cfg = config.data.copy_and_resolve_references()
   with data_cfg.unlocked():
     data_cfg.dataset = config.dataset
-  from cl_jax.data import sources  # pylint: disable=g-import-not-at-top
   images = host_batch(sources.get_source(data_cfg, "train"), config.batch_size)["image"]
   recipe, seed, groups = config.augment, config.seed, _groups(config)
 
@@ -320,6 +319,7 @@ flags.mark_flags_as_required(["config"])
 
 
 def main(argv: list[str]) -> None:
+  """Prints the rows of --what as JSON lines; bad input exits with one line on stderr."""
   del argv
   f = flags.FLAGS
   try:

@@ -38,7 +38,8 @@ class SimCLR(Method):
   def loss(self, params, state, views, key, step):
     crops = views["crops"][0]
     if crops.shape[0] != 2:
-      raise ValueError(f"SimCLR takes 2 views per image, got {crops.shape[0]}; set augment.global.views=2.")
+      raise ValueError(f"SimCLR takes 2 views per image, got {crops.shape[0]}; "
+                       "set --config.augment['global'].views=2.")
     b = crops.shape[1]
     x = crops.reshape((2 * b,) + crops.shape[2:])
     (h, z), updates = self.model.apply({"params": params, **state}, x, train=True, mutable=["batch_stats"])
