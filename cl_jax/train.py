@@ -5,8 +5,6 @@ It knows nothing of any single method: it calls only the Method contract (cl_jax
 from __future__ import annotations
 
 import dataclasses
-import json
-import logging
 import math
 import os
 from typing import Any, Callable, Iterator
@@ -24,8 +22,6 @@ from cl_jax.eval import knn, online_probe
 from cl_jax.data.view_grid import view_grid_image
 from cl_jax.methods import Method, get_method
 
-log = logging.getLogger(__name__)
-
 TrainState = dict[str, Any]   # {"step", "params", "opt_state", "method_state"[, "probe"]}
 
 
@@ -42,6 +38,7 @@ class Run:
   local_batch: int
   steps_per_epoch: int
   total_steps: int
+  _sample: Any = None   # (first examples, their views), computed once for init and the view grid
 
 
 def build_run(config: ml_collections.ConfigDict) -> Run:
@@ -72,6 +69,16 @@ def _sample_batch(source: Any, n: int = 2) -> dict[str, np.ndarray]:
   return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
 
 
+def _sample_views(run: Run) -> tuple[dict[str, np.ndarray], tuple[jax.Array, ...]]:
+  """The first few training examples and their augmented views (for init shapes and the view grid)."""
+  if run._sample is None:
+    sample = _sample_batch(run.train_source, min(8, len(run.train_source)))
+    keys = augment.example_keys(jax.random.key(run.config.seed), jnp.arange(len(sample["image"])))
+    crops = jax.jit(lambda im, k: augment.make_views(im, k, run.config.augment))(sample["image"], keys)
+    run._sample = (sample, crops)
+  return run._sample
+
+
 def _views(batch: dict[str, jax.Array], crops: tuple[jax.Array, ...]) -> dict[str, Any]:
   return {**{k: v for k, v in batch.items() if k != "image"}, "crops": crops}
 
@@ -79,9 +86,7 @@ def _views(batch: dict[str, jax.Array], crops: tuple[jax.Array, ...]) -> dict[st
 def init_state(run: Run) -> tuple[TrainState, Any]:
   """Initial train state on the mesh and its PartitionSpecs."""
   key = jax.random.key(run.config.seed)
-  sample = _sample_batch(run.train_source)
-  crops = jax.jit(lambda im, k: augment.make_views(im, k, run.config.augment))(
-      sample["image"], augment.example_keys(key, jnp.arange(len(sample["image"]))))
+  sample, crops = _sample_views(run)
   params, method_state = jax.jit(run.method.init)(jax.random.fold_in(key, 1), _views(sample, crops))
   state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": run.tx.init(params),
            "method_state": method_state}
@@ -213,9 +218,7 @@ def _check_finite(loss: float, step: int, ckpt: checkpoint.Checkpointer) -> None
 
 def _write_view_grid(run: Run, reporter: reporting.Reporter, workdir: str) -> None:
   """A PNG (and TensorBoard image) of a few training images next to their augmented views."""
-  sample = _sample_batch(run.train_source, min(8, len(run.train_source)))
-  keys = augment.example_keys(jax.random.key(run.config.seed), jnp.arange(len(sample["image"])))
-  crops = jax.jit(lambda im, k: augment.make_views(im, k, run.config.augment))(sample["image"], keys)
+  sample, crops = _sample_views(run)
   grid = view_grid_image(sample["image"], [np.asarray(c) for c in crops])
   reporter.image("augmentations", 0, grid)
   if reporter.active:

@@ -49,7 +49,7 @@ class HostShard:
     return self.source[self.start + int(i)]
 
   def __repr__(self) -> str:
-    # grain compares this repr when restoring an iterator state: name, split and size, no address.
+    # A stable description (name, split, size, block; no memory address) for logs and error messages.
     name = getattr(self.source, "name", type(self.source).__name__)
     split = getattr(self.source, "split", "")
     return (f"HostShard(source={name!r}, split={split!r}, num_records={len(self.source)}, "
