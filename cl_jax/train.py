@@ -5,6 +5,8 @@ It knows nothing of any single method: it calls only the Method contract (cl_jax
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import importlib.util
 import math
 import os
 from typing import Any, Callable, Iterator
@@ -21,6 +23,7 @@ from cl_jax.data import augment, pipeline, sources
 from cl_jax.eval import knn, online_probe
 from cl_jax.data.view_grid import view_grid_image
 from cl_jax.methods import Method, get_method
+from cl_jax.registry import Registry
 
 TrainState = dict[str, Any]   # {"step", "params", "opt_state", "method_state"[, "probe"]}
 
@@ -39,13 +42,14 @@ class Run:
   steps_per_epoch: int
   total_steps: int
   _sample: Any = None   # (first examples, their views), computed once for init and the view grid
+  cache: dict[str, Any] = dataclasses.field(default_factory=dict)   # jitted eval functions, compiled once per run
 
 
 def build_run(config: ml_collections.ConfigDict) -> Run:
   """Validates the config and builds mesh, method, optimizer and data sources; fails fast with one line."""
   mesh = parallel.make_mesh(config.get("parallel", {}).get("num_devices"))
   local_batch = parallel.check_batch_size(config.batch_size, mesh)
-  method = get_method(config)
+  get_method(config)   # an unknown method name fails before any data is built
   data_cfg = config.data.copy_and_resolve_references()
   with data_cfg.unlocked():
     data_cfg.dataset = config.dataset
@@ -58,6 +62,7 @@ def build_run(config: ml_collections.ConfigDict) -> Run:
     raise ValueError(f"batch_size {config.batch_size} is larger than the {len(train_source)} training examples; "
                      "lower batch_size.")
   total_steps = config.get("total_steps", 0) or int(math.ceil(config.num_epochs * steps_per_epoch))
+  method = get_method(config, total_steps=total_steps, steps_per_epoch=steps_per_epoch)
   tx, schedule = optim.build_optimizer(config.optim, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
                                        batch_size=config.batch_size)
   return Run(config, mesh, method, tx, schedule, train_source, test_source, local_batch, steps_per_epoch,
@@ -176,6 +181,27 @@ def extract_features(run: Run, encode: Callable, state: TrainState, source: Any,
   return np.concatenate(feats), np.concatenate(labels)
 
 
+# Evaluation monitors run at step 0, every eval.every steps and at the end: name -> fn(run, state, specs) -> metrics
+# (keys "eval/..."). config.eval.monitors picks them; modules in cl_jax/eval register more (zeroshot, retrieval).
+MONITORS: Registry[Callable[[Run, TrainState, Any], dict[str, float]]] = Registry("eval monitor")
+_MONITOR_MODULES = ("cl_jax.eval.zeroshot", "cl_jax.eval.retrieval")
+
+
+def get_monitor(name: str) -> Callable[[Run, TrainState, Any], dict[str, float]]:
+  for module in _MONITOR_MODULES:
+    if importlib.util.find_spec(module) is not None:
+      importlib.import_module(module)
+  return MONITORS.get(name)
+
+
+@MONITORS.register("knn")
+def knn_monitor(run: Run, state: TrainState, specs: Any) -> dict[str, float]:
+  """Weighted kNN (Wu et al. 2018) of test features against train features (the spine's monitor)."""
+  if "encode" not in run.cache:
+    run.cache["encode"] = make_encode(run, specs)
+  return evaluate_knn(run, run.cache["encode"], state)
+
+
 def evaluate_knn(run: Run, encode: Callable, state: TrainState) -> dict[str, float]:
   """kNN top-1/top-5 (%) of test-split features against the train split as memory."""
   e = run.config.eval
@@ -226,6 +252,10 @@ def _write_view_grid(run: Run, reporter: reporting.Reporter, workdir: str) -> No
     Image.fromarray(grid).save(os.path.join(workdir, "augmentations.png"))
 
 
+_EVAL_NAMES = {"eval/knn_top1": "kNN top-1", "eval/knn_top5": "kNN top-5", "eval/zeroshot_top1": "zero-shot top-1",
+               "eval/zeroshot_top5": "zero-shot top-5"}
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains `config` in `workdir`, resuming exactly from its latest checkpoint; returns the last metrics.
 
@@ -236,7 +266,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   run = build_run(config)
   workdir_lib.write_config(workdir, config)
   state, specs = init_state(run)
-  train_step, encode = make_train_step(run, specs), make_encode(run, specs)
+  train_step = make_train_step(run, specs)
+  monitors = [get_monitor(name) for name in config.eval.get("monitors", ("knn",))]
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.get("keep_checkpoints", 3))
   loader = pipeline.make_loader(run.train_source, global_batch=config.batch_size, seed=config.seed, shuffle=True,
                                 num_epochs=None, worker_count=config.data.get("worker_count", 0))
@@ -258,11 +289,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   def run_eval(step: int) -> None:
     if not has_eval:
       return
-    result = evaluate_knn(run, encode, state)
+    result = {}
+    for monitor in monitors:
+      result.update(monitor(run, state, specs))
     history.update(result)
     reporter.write(step, result)
-    reporter.say(f"step {step:>6}: kNN top-1 {result['eval/knn_top1']:.2f}% "
-                 f"(top-5 {result['eval/knn_top5']:.2f}%)")
+    reporter.say(f"step {step:>6}: " + ", ".join(f"{_EVAL_NAMES.get(k, k)} {v:.2f}%" for k, v in result.items()))
 
   if start == 0:
     _write_view_grid(run, reporter, workdir)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import pkgutil
 
 import ml_collections
 
@@ -10,16 +11,17 @@ from cl_jax.registry import Registry
 
 METHODS: Registry[type[Method]] = Registry("method")
 
-# Each module registers its class on import; list new method files here.
-_MODULES = ("simclr",)
 
 
 def _import_all() -> None:
-  for name in _MODULES:
-    importlib.import_module(f"cl_jax.methods.{name}")
+  """Imports every module of this package; each method file registers its class on import."""
+  for info in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{info.name}")
 
 
-def get_method(config: ml_collections.ConfigDict) -> Method:
-  """Instantiates the method named by `config.method.name`."""
+def get_method(config: ml_collections.ConfigDict, *, total_steps: int = 1, steps_per_epoch: int = 1) -> Method:
+  """Instantiates the method named by `config.method.name`; schedules (momentum, temperature) see the run length."""
   _import_all()
-  return METHODS.get(config.method.name)(config)
+  method = METHODS.get(config.method.name)(config)
+  method.total_steps, method.steps_per_epoch = int(total_steps), int(steps_per_epoch)
+  return method

@@ -21,6 +21,10 @@ class Method(abc.ABC):
   'data', e.g. a psum/pmean of local terms): its gradient is then the exact gradient of the global-batch loss.
   """
 
+  # Set by `get_method` from the run length, for step-dependent schedules (EMA momentum, temperatures).
+  total_steps: int = 1
+  steps_per_epoch: int = 1
+
   def __init__(self, config: ml_collections.ConfigDict):
     self.config = config
 

@@ -1,0 +1,1 @@
+"""Per-method settings of the quick start: `configs/quickstart.py:method=<name>` applies `<name>.py`'s `apply`."""
