@@ -5,7 +5,8 @@ Config fields (all optional except `name` and `lr`):
   schedule (cosine | constant), warmup_epochs or warmup_steps, end_lr;
   momentum, nesterov (sgd, lars); b1, b2, eps (adamw, lamb); trust_coefficient (lars, 0.001);
   weight_decay, weight_decay_schedule ((start, end) cosine, DINO Sec. 4 / App. B);
-  exclude_bias_and_norm (True); clip_norm (0 = off); grad_accum_steps (1); frozen (path substrings).
+  exclude_bias_and_norm (True); clip_norm (0 = off); grad_accum_steps (1); frozen (path substrings);
+  constant_lr (path substrings whose lr stays at the peak lr, e.g. SimSiam's predictor, Chen & He 2021 Sec. 4.2).
 """
 from __future__ import annotations
 
@@ -93,14 +94,20 @@ def _lamb(cfg, lr, wd, mask):
       optax.scale_by_learning_rate(lr))
 
 
-def _freeze(tx: optax.GradientTransformation, frozen: tuple[str, ...]) -> optax.GradientTransformation:
-  """Zero the updates of every parameter whose '/'-joined path contains one of `frozen`."""
+def _path_labels(substrings: tuple[str, ...], hit: str, miss: str) -> Callable[[Any], Any]:
+  """Label fn: `hit` for params whose '/'-joined path contains one of `substrings`, else `miss`."""
   def labels(params):
     def label(path, _):
       name = jax.tree_util.keystr(path, simple=True, separator="/")
-      return "frozen" if any(s in name for s in frozen) else "train"
+      return hit if any(s in name for s in substrings) else miss
     return jax.tree_util.tree_map_with_path(label, params)
-  return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+  return labels
+
+
+def _freeze(tx: optax.GradientTransformation, frozen: tuple[str, ...]) -> optax.GradientTransformation:
+  """Zero the updates of every parameter whose '/'-joined path contains one of `frozen`."""
+  return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()},
+                               _path_labels(frozen, "frozen", "train"))
 
 
 def build_optimizer(cfg: ml_collections.ConfigDict, *, total_steps: int, steps_per_epoch: int,
@@ -126,7 +133,12 @@ def build_optimizer(cfg: ml_collections.ConfigDict, *, total_steps: int, steps_p
     if len(wd_schedule) != 2:
       raise ValueError(f"optim.weight_decay_schedule must be (start, end), got {wd_schedule}.")
     wd = cosine_schedule(float(wd_schedule[0]), float(wd_schedule[1]), total_steps)
-  tx = make(cfg, schedule, wd, decay_mask(cfg.get("exclude_bias_and_norm", True)))
+  mask = decay_mask(cfg.get("exclude_bias_and_norm", True))
+  tx = make(cfg, schedule, wd, mask)
+  constant = tuple(cfg.get("constant_lr", None) or ())
+  if constant:
+    tx = optax.multi_transform({"scheduled": tx, "constant": make(cfg, peak, wd, mask)},
+                               _path_labels(constant, "constant", "scheduled"))
 
   if cfg.get("clip_norm", 0.0) > 0:
     tx = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), tx)

@@ -171,6 +171,16 @@ def test_frozen(tree):
   np.testing.assert_allclose(got["conv"]["kernel"], -0.1 * (g / (np.abs(g) + 1e-8) + 0.5 * k), rtol=1e-4)
 
 
+def test_constant_lr_keeps_the_peak_lr_for_matching_params(tree):
+  """SimSiam's predictor: plain SGD updates are -lr*g, with lr cosine-decayed except for the `bn` params."""
+  params, g1, g2 = tree
+  tx, _ = build(total_steps=4, name="sgd", lr=0.2, momentum=0.0, constant_lr=("bn",))
+  got = run(tx, params, [g1, g2])
+  lr1 = np_schedule(1, 0.2, 0, 4)
+  np.testing.assert_allclose(got[1]["conv"]["kernel"], -lr1 * g2["conv"]["kernel"], rtol=1e-5)
+  np.testing.assert_allclose(got[1]["bn"]["scale"], -0.2 * g2["bn"]["scale"], rtol=1e-5)
+
+
 @pytest.mark.parametrize("kw,match", [
     (dict(name="adam", lr=0.1), r"Unknown optimizer 'adam'; known optimizers: adamw, lamb, lars, sgd"),
     (dict(name="sgd", lr=0.0), r"optim.lr must be > 0"),
