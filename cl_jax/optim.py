@@ -5,7 +5,8 @@ Config fields (all optional except `name` and `lr`):
   schedule (cosine | constant), warmup_epochs or warmup_steps, end_lr;
   momentum, nesterov (sgd, lars); b1, b2, eps (adamw, lamb); trust_coefficient (lars, 0.001);
   weight_decay, weight_decay_schedule ((start, end) cosine, DINO Sec. 4 / App. B);
-  exclude_bias_and_norm (True); clip_norm (0 = off); grad_accum_steps (1); frozen (path substrings);
+  exclude_bias_and_norm (True); clip_norm (0 = off); grad_accum_steps (1); frozen (path substrings;
+  always, or only for the first `frozen_steps` updates, DINO's freeze_last_layer);
   constant_lr (path substrings whose lr stays at the peak lr, e.g. SimSiam's predictor, Chen & He 2021 Sec. 4.2).
 """
 from __future__ import annotations
@@ -104,9 +105,27 @@ def _path_labels(substrings: tuple[str, ...], hit: str, miss: str) -> Callable[[
   return labels
 
 
-def _freeze(tx: optax.GradientTransformation, frozen: tuple[str, ...]) -> optax.GradientTransformation:
-  """Zero the updates of every parameter whose '/'-joined path contains one of `frozen`."""
-  return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()},
+def _frozen_for(inner: optax.GradientTransformation, steps: int) -> optax.GradientTransformation:
+  """`inner` with zero gradients and zero updates for its first `steps` updates (no weight decay either), as
+  DINO's cancel_gradients_last_layer (grad=None in epoch 0). Schedules and Adam's count still advance."""
+  def init(params):
+    return inner.init(params), jnp.zeros([], jnp.int32)
+
+  def update(updates, state, params=None):
+    inner_state, count = state
+    active = count >= steps
+    mask = lambda tree: jax.tree.map(lambda u: jnp.where(active, u, jnp.zeros_like(u)), tree)
+    new_updates, inner_state = inner.update(mask(updates), inner_state, params)
+    return mask(new_updates), (inner_state, count + 1)
+
+  return optax.GradientTransformation(init, update)
+
+
+def _freeze(tx: optax.GradientTransformation, frozen: tuple[str, ...], steps: int = 0
+            ) -> optax.GradientTransformation:
+  """Zero the updates of every parameter whose '/'-joined path contains one of `frozen`: always when steps=0,
+  else during the first `steps` updates only."""
+  return optax.multi_transform({"train": tx, "frozen": _frozen_for(tx, steps) if steps else optax.set_to_zero()},
                                _path_labels(frozen, "frozen", "train"))
 
 
@@ -144,7 +163,7 @@ def build_optimizer(cfg: ml_collections.ConfigDict, *, total_steps: int, steps_p
     tx = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), tx)
   frozen = tuple(cfg.get("frozen", None) or ())
   if frozen:
-    tx = _freeze(tx, frozen)
+    tx = _freeze(tx, frozen, int(cfg.get("frozen_steps", 0)))
   accum = int(cfg.get("grad_accum_steps", 1))
   if accum < 1:
     raise ValueError(f"optim.grad_accum_steps must be >= 1, got {accum}.")

@@ -171,6 +171,19 @@ def test_frozen(tree):
   np.testing.assert_allclose(got["conv"]["kernel"], -0.1 * (g / (np.abs(g) + 1e-8) + 0.5 * k), rtol=1e-4)
 
 
+def test_frozen_steps_only_freeze_the_first_updates(tree):
+  """DINO's last layer: zero updates (no weight decay) for 2 steps, then plain SGD with the scheduled lr."""
+  params, g1, g2 = tree
+  tx, _ = build(total_steps=4, name="sgd", lr=0.2, momentum=0.0, weight_decay=0.0, frozen=("bn",),
+                frozen_steps=2)
+  got = run(tx, params, [g1, g2, g1])
+  for step in (0, 1):
+    np.testing.assert_array_equal(got[step]["bn"]["scale"], 0.0)
+    np.testing.assert_allclose(got[step]["conv"]["kernel"], -np_schedule(step, 0.2, 0, 4) * [g1, g2][step]["conv"]["kernel"],
+                               rtol=1e-5)
+  np.testing.assert_allclose(got[2]["bn"]["scale"], -np_schedule(2, 0.2, 0, 4) * g1["bn"]["scale"], rtol=1e-5)
+
+
 def test_constant_lr_keeps_the_peak_lr_for_matching_params(tree):
   """SimSiam's predictor: plain SGD updates are -lr*g, with lr cosine-decayed except for the `bn` params."""
   params, g1, g2 = tree
