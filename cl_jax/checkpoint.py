@@ -70,3 +70,39 @@ class Checkpointer:
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+class BestCheckpointer(Checkpointer):
+  """The single best checkpoint by one eval metric (e.g. eval/knn_top1), in its own directory
+  (`<workdir>/checkpoints_best`), next to the last-N checkpoints; survives restarts (orbax stores the metric)."""
+
+  def __init__(self, directory: str, metric: str, mode: str = "max"):
+    if mode not in ("max", "min"):
+      raise ValueError(f"best_metric_mode must be 'max' or 'min', got '{mode}'.")
+    self.directory, self.metric, self.mode = os.path.abspath(directory), metric, mode
+    self._manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True, best_fn=lambda m: m[metric],
+                                             best_mode=mode, enable_async_checkpointing=False),
+        item_names=("state", "data"))
+
+  def best(self) -> tuple[int, float] | None:
+    """(step, metric value) of the kept checkpoint, or None."""
+    step = self._manager.best_step()
+    if step is None:
+      return None
+    return step, float(self._manager.metrics(step)[self.metric])
+
+  def maybe_save(self, step: int, state: Any, data_state: Any, metrics: dict[str, float]) -> bool:
+    """Saves `state` if `metrics[metric]` beats the kept checkpoint; returns whether it did."""
+    if self.metric not in metrics:
+      raise ValueError(f"best_metric '{self.metric}' is not among the eval metrics {sorted(metrics)}; "
+                       "set config.best_metric to one of them (or '' to keep no best checkpoint).")
+    value, best = float(metrics[self.metric]), self.best()
+    if best is not None and (value <= best[1] if self.mode == "max" else value >= best[1]):
+      return False
+    self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                      data=ocp.args.JsonSave({"iterator": data_state})),
+                       metrics={self.metric: value}, force=True)
+    self._manager.wait_until_finished()
+    return True

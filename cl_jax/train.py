@@ -212,12 +212,17 @@ def evaluate_knn(run: Run, encode: Callable, state: TrainState) -> dict[str, flo
   return {"eval/knn_top1": acc["top1"], "eval/knn_top5": acc["top5"]}
 
 
-def load_run(workdir: str, config: ml_collections.ConfigDict | None = None) -> tuple[Run, TrainState, Any, int]:
-  """(run, train state restored from the latest checkpoint, state specs, step) of a trained workdir."""
+def load_run(workdir: str, config: ml_collections.ConfigDict | None = None,
+             best: bool = False) -> tuple[Run, TrainState, Any, int]:
+  """(run, train state restored from the latest (or, with `best`, the best-metric) checkpoint, specs, step)."""
   config = config if config is not None else workdir_lib.load_config(workdir)
   run = build_run(config)
   state, specs = init_state(run)
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.get("keep_checkpoints", 3))
+  name = "checkpoints_best" if best else "checkpoints"
+  if best and not os.path.isdir(os.path.join(workdir, name)):
+    raise FileNotFoundError(f"{workdir} has no {name}/; train with config.best_metric set (e.g. "
+                            "'eval/knn_top1') to keep the best checkpoint.")
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, name), keep=config.get("keep_checkpoints", 3))
   try:
     restored = ckpt.restore(state)
   finally:
@@ -269,6 +274,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   train_step = make_train_step(run, specs)
   monitors = [get_monitor(name) for name in config.eval.get("monitors", ("knn",))]
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.get("keep_checkpoints", 3))
+  best_ckpt = (checkpoint.BestCheckpointer(os.path.join(workdir, "checkpoints_best"), config.best_metric,
+                                           config.get("best_metric_mode", "max"))
+               if config.get("best_metric", "") else None)
   loader = pipeline.make_loader(run.train_source, global_batch=config.batch_size, seed=config.seed, shuffle=True,
                                 num_epochs=None, worker_count=config.data.get("worker_count", 0))
   loader_iter = iter(loader)
@@ -294,6 +302,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       result.update(monitor(run, state, specs))
     history.update(result)
     reporter.write(step, result)
+    if best_ckpt is not None and step > 0 and best_ckpt.maybe_save(step, state, loader_iter.get_state(), result):
+      reporter.say(f"step {step:>6}: new best {config.best_metric} {result[config.best_metric]:.2f}; "
+                   "saved to checkpoints_best/")
     reporter.say(f"step {step:>6}: " + ", ".join(f"{_EVAL_NAMES.get(k, k)} {v:.2f}%" for k, v in result.items()))
 
   if start == 0:
@@ -334,5 +345,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   finally:
     guard.close()
     ckpt.close()
+    if best_ckpt is not None:
+      best_ckpt.close()
     reporter.close()
   return history

@@ -52,6 +52,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.log_every = 20
   c.checkpoint_every = 200
   c.keep_checkpoints = 2
+  c.best_metric = ""   # e.g. "eval/knn_top1": also keep the best checkpoint by it in checkpoints_best/
   c.tensorboard = True
   c.online_probe = False
   apply_method(c, a.method)   # after the defaults: a method may change augment, optim, eval ...

@@ -50,6 +50,17 @@ def test_rerun_resumes_from_latest_checkpoint(quick_run):
   assert steps == [1, 2, 3, 4, 5, 6]
 
 
+def test_best_checkpoint_keeps_the_best_eval_step(tmp_path):
+  c = tiny_config(total_steps=6, log_every=2, checkpoint_every=2, best_metric="eval/knn_top1")
+  c.eval.every = 2
+  train.train_and_evaluate(c, str(tmp_path))
+  evals = {r["step"]: r["eval/knn_top1"] for r in read_metrics(str(tmp_path)) if "eval/knn_top1" in r and r["step"]}
+  best_step = max(evals, key=lambda s: (evals[s], -s))   # the first step reaching the maximum
+  assert os.listdir(tmp_path / "checkpoints_best") == [str(best_step)]
+  run, state, _, step = train.load_run(str(tmp_path), best=True)
+  assert step == best_step and int(state["step"]) == best_step
+
+
 def _losses(config, steps):
   run = train.build_run(config)
   state, specs = train.init_state(run)
