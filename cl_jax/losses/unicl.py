@@ -1,0 +1,40 @@
+"""UniCL's bidirectional image-text-label contrastive loss, exact across devices."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from cl_jax.losses.clip import gather_rows, global_sum, logit_scale
+from cl_jax.losses.contrastive import l2_normalize
+
+
+def unicl_loss(image_emb: jax.Array, text_emb: jax.Array, labels: jax.Array, log_scale: jax.Array,
+               axis_name: str | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """UniCL (Yang et al. 2022, Eq. 3-5): every pair (i, j) with y_i == y_j is a positive, in both directions.
+
+  `labels` int [b]: the class id of image-label pairs (text = a class-name prompt), -1 for image-text pairs (each
+  its own label). L_i2t = -mean_i 1/|P(i)| sum_{k in P(i)} log softmax_k(s_i. / T) over the N texts, L_t2i likewise
+  over the N images; returned as (L_i2t + L_t2i) / 2 (the paper's Eq. 5 sum halved, so it equals `clip_loss` when
+  every label is unique). With `axis_name`: local rows against the gathered global batch; the value and gradient
+  equal the one-device loss over the global batch. Returns (loss, {"i2t_acc", "t2i_acc", "logit_scale"}), an
+  accuracy counting the top-scored column correct when it is a positive.
+  """
+  img, txt = l2_normalize(image_emb), l2_normalize(text_emb)
+  scale = logit_scale(log_scale)
+  all_img, offset = gather_rows(img, axis_name)
+  all_txt, _ = gather_rows(txt, axis_name)
+  all_labels, _ = gather_rows(labels.astype(jnp.int32), axis_name)
+  n = all_img.shape[0]
+  rows = offset + jnp.arange(img.shape[0])
+  local_labels = labels.astype(jnp.int32)
+  positive = (((local_labels[:, None] == all_labels[None, :]) & (local_labels[:, None] >= 0))
+              | (rows[:, None] == jnp.arange(n)[None, :]))                       # [b, N], symmetric in i, j
+  target = positive / jnp.sum(positive, axis=1, keepdims=True)
+  loss, metrics = 0.0, {}
+  for name, anchors, cols in (("i2t", img, all_txt), ("t2i", txt, all_img)):
+    log_p = jax.nn.log_softmax(scale * anchors @ cols.T, axis=1)
+    loss += global_sum(-jnp.sum(target * log_p), axis_name) / (2 * n)
+    hit = jnp.take_along_axis(positive, jnp.argmax(log_p, axis=1)[:, None], axis=1)[:, 0]
+    metrics[f"{name}_acc"] = global_sum(jnp.sum(hit.astype(jnp.float32)), axis_name) / n
+  metrics["logit_scale"] = scale
+  return loss, metrics
