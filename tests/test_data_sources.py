@@ -288,7 +288,7 @@ def test_local_batch_size_and_errors():
   one_line_error(lambda: pipeline.local_batch_size(10, 4), "10", "multiple of 4")
   one_line_error(lambda: pipeline.make_loader(ArraySource(10), global_batch=16, seed=0,
                                               shuffle=True, num_epochs=None, process_index=0,
-                                              process_count=2), "larger than the 5 records")
+                                              process_count=2), "larger than the 10 records")
 
 
 def test_hosts_get_disjoint_records_covering_the_dataset():
@@ -329,7 +329,25 @@ def test_iterator_state_resumes_exactly():
   for resumed in (it, iter(loader())):  # the same iterator, and a fresh loader's iterator
     resumed.set_state(state)
     assert [next(resumed)["index"].tolist() for _ in range(6)] == expected
-  assert set(sum(expected, [])) <= set(range(5, 10))  # host 1 of 2 reads records 5..9
+  full = pipeline.make_loader(src, global_batch=4, seed=7, shuffle=True, num_epochs=None, process_index=0,
+                              process_count=1)
+  full_it = iter(full)
+  global_batches = [next(full_it)["index"].tolist() for _ in range(9)]
+  assert expected == [b[2:] for b in global_batches[3:]]   # host 1 of 2 reads rows 2..3 of each global batch
+
+
+def test_hosts_assemble_the_one_host_global_batches():
+  """Same global batches (rows in the same order) on 1, 2 and 4 hosts: the run's numbers do not depend on them."""
+  src = ArraySource(24)
+
+  def batches(h, n):
+    return indices(pipeline.make_loader(src, global_batch=8, seed=5, shuffle=True, num_epochs=None,
+                                        process_index=h, process_count=n), 7)
+
+  one = batches(0, 1)
+  for n in (2, 4):
+    per_host = [batches(h, n) for h in range(n)]
+    assert [sum((per_host[h][b] for h in range(n)), []) for b in range(7)] == one
 
 
 def test_eval_mode_yields_every_record_once():

@@ -1,8 +1,10 @@
 """grain loader: per-host shard, seeded shuffle, batches of numpy dicts, a checkpointable iterator.
 
-Each host reads a contiguous block of the records (the block grain's `ShardOptions` would give).
-The block is cut here rather than by grain's sampler: grain 0.2.18's `IndexSampler` silently drops a
-record when the blocks are uneven and `drop_remainder=False`, and evaluation must see every record.
+Training (`drop_remainder=True`): every host walks the same seeded global order and reads its own rows of each
+global batch (host p: rows p*L .. (p+1)*L-1 of the G = P*L rows), so the assembled global batch, and with it
+every number of the run, is the same on 1 or N hosts. Evaluation (`drop_remainder=False`): each host reads a
+contiguous block of the records (cut here rather than by grain's sampler: grain 0.2.18's `IndexSampler`
+silently drops a record when the blocks are uneven), so the hosts' blocks in order are the split in order.
 `iter(loader).get_state()` / `.set_state(state)` resume exactly (the state is a JSON-able dict).
 """
 from __future__ import annotations
@@ -74,9 +76,18 @@ def make_loader(source: Any, *, global_batch: int, seed: int, shuffle: bool,
   batch = local_batch_size(global_batch, process_count)
   if not 0 <= seed < 2**32:
     raise ValueError(f"seed must be in [0, 2**32), got {seed}; set config.seed accordingly.")
+  name = getattr(source, "name", type(source).__name__)
+  if drop_remainder:
+    if global_batch > len(source):
+      raise ValueError(f"global batch {global_batch} is larger than the {len(source)} records of '{name}'; "
+                       "lower the batch size or use more data.")
+    dataset = grain.MapDataset.source(source)
+    if shuffle:
+      dataset = dataset.shuffle(seed=seed)   # before repeat: a fresh permutation every epoch
+    dataset = HostRows(dataset.repeat(num_epochs), global_batch, batch, process_index)
+    return Loader(dataset.batch(batch, drop_remainder=True), worker_count)
   start, end = host_block(len(source), process_index, process_count, drop_remainder)
   shard = HostShard(source, start, end)
-  name = getattr(source, "name", type(source).__name__)
   if len(shard) < 1:
     raise ValueError(f"'{name}' has {len(source)} records, too few to give each of "
                      f"{process_count} hosts one; use more data or fewer hosts.")
@@ -89,6 +100,26 @@ def make_loader(source: Any, *, global_batch: int, seed: int, shuffle: bool,
     dataset = dataset.shuffle(seed=seed)   # before repeat: a fresh permutation every epoch
   dataset = dataset.repeat(num_epochs).batch(batch, drop_remainder=drop_remainder)
   return Loader(dataset, worker_count)
+
+
+class HostRows(grain.MapDataset):
+  """This host's rows of each global batch of `parent`: element k is parent[(k // L) * G + p * L + k % L]."""
+
+  def __init__(self, parent: grain.MapDataset, global_batch: int, host_batch: int, process_index: int):
+    super().__init__(parent)
+    self._global, self._local, self._offset = global_batch, host_batch, process_index * host_batch
+
+  def __len__(self) -> int:
+    return len(self._parent) // self._global * self._local
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    batch, row = divmod(int(index), self._local)
+    return self._parent[batch * self._global + self._offset + row]
+
+  def __str__(self) -> str:
+    return f"HostRows(global_batch={self._global}, host_batch={self._local}, offset={self._offset})"
 
 
 class Loader:
