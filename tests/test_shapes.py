@@ -195,3 +195,52 @@ def test_learnable_but_not_trivial(train, test_split):
   # Measured at 2000 train / 500 test: raw 0.17, silhouettes 0.70 (chance 0.10).
   assert raw < 0.25, raw
   assert sil > 0.35 and sil > raw + 0.2, (sil, raw)
+
+
+def test_captions_of_every_template_generated_first(train):
+  src = shapes.ShapesSource("train", num_examples=30)
+  assert len(shapes.CAPTION_TEMPLATES) >= 8
+  for i in range(30):
+    caps = src.captions_of(i)
+    assert caps[0] == train["caption"][i] and len(set(caps)) == len(shapes.CAPTION_TEMPLATES)
+    attrs = {k: train[k][i] for k in ("label", "color", "size", "position", "background")}
+    assert sorted(caps) == sorted(shapes.caption(attrs, k)
+                                  for k in range(len(shapes.CAPTION_TEMPLATES)))
+    ex, caps2 = src.get_with_captions(i)
+    assert caps2 == caps and int(ex["index"]) == i
+
+
+def test_held_out_pairs_leave_train_and_stay_in_test(train, test_split):
+  pairs = (("circle", "red"), ("star", 4), (9, "black"))
+  ids = shapes.held_out_ids(pairs)
+  assert ids == ((0, 0), (3, 4), (9, 7))
+  held = shapes.generate(2000, split="train", seed=0, held_out_pairs=pairs)
+  hit = np.zeros(2000, bool)
+  for c, k in ids:
+    assert not np.any((held["label"] == c) & (held["color"] == k))
+    hit |= (train["label"] == c) & (train["color"] == k)
+  assert 20 < hit.sum() < 150  # ~3/80 of the examples were redrawn
+  for key in ("image", "label", "color", "caption"):  # the others are untouched
+    np.testing.assert_array_equal(held[key][~hit], train[key][~hit])
+  assert (held["label"][hit] != train["label"][hit]).mean() > 0.5
+  j = int(np.flatnonzero(hit)[0])  # a redrawn example alone equals it in the batch
+  alone = shapes.generate(1, split="train", seed=0, start=j, held_out_pairs=pairs)
+  np.testing.assert_array_equal(alone["image"][0], held["image"][j])
+  test_held = shapes.generate(500, split="test", seed=0, held_out_pairs=pairs)
+  np.testing.assert_array_equal(test_held["image"], test_split["image"])  # test keeps them
+  src = shapes.ShapesSource("test", num_examples=50, held_out_pairs=pairs)
+  assert src.held_out_pairs == ids
+  assert shapes.ShapesSource("test", num_examples=5).held_out_pairs == ()
+
+
+@pytest.mark.parametrize("pairs, needle", [
+    ((("circle", "pink"),), "unknown colour 'pink'"),
+    ((("oval", "red"),), "unknown class 'oval'"),
+    (((10, 0),), "unknown class 10"),
+    (("circle",), "not a (class, colour) pair"),
+    (tuple((c, k) for c in range(10) for k in range(8)), "every (class, colour) pair"),
+])
+def test_bad_held_out_pairs(pairs, needle):
+  with pytest.raises(ValueError, match=needle.replace("(", r"\(").replace(")", r"\)")) as err:
+    shapes.held_out_ids(pairs)
+  assert "\n" not in str(err.value)

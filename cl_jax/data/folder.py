@@ -65,11 +65,26 @@ def subset_indices(num_records: int, num_examples: int | None, seed: int) -> np.
   return np.sort(rng.permutation(num_records)[:num_examples])
 
 
+def decode_file(path: str, size: int) -> np.ndarray:
+  """Decode an image file on the host: RGB, shorter side to `size`, centre crop, [size, size, 3] uint8."""
+  with Image.open(path) as image:
+    image.load()
+    return resize_center_crop(image, size)
+
+
+def decode_error_reason(e: BaseException) -> str:
+  """First line of a decode error, for one-line messages."""
+  return (str(e).splitlines() or [type(e).__name__])[0]
+
+
+DECODE_ERRORS = _DECODE_ERRORS  # what decode_file raises on a corrupt or unreadable file
+
+
 def _is_image(name: str) -> bool:
   return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def _images_in(directory: str, recursive: bool) -> list[str]:
+def images_in(directory: str, recursive: bool) -> list[str]:
   """Image paths under `directory`, sorted; hidden files and folders are ignored."""
   if not recursive:
     return sorted(os.path.join(directory, f) for f in os.listdir(directory)
@@ -90,12 +105,12 @@ def _scan(directory: str) -> tuple[tuple[str, ...] | None, list[str], list[int]]
   """(class names, files, labels) of a class-folder tree; names None for a flat folder."""
   files, labels, names = [], [], []
   for name in _class_dirs(directory):
-    found = _images_in(os.path.join(directory, name), recursive=True)
+    found = images_in(os.path.join(directory, name), recursive=True)
     if found:
       labels.extend([len(names)] * len(found))
       names.append(name)
       files.extend(found)
-  loose = _images_in(directory, recursive=False)
+  loose = images_in(directory, recursive=False)
   if names:
     if loose:
       logging.warning("Ignoring %d images directly in %s: class folders were found there.",
@@ -196,9 +211,7 @@ class FolderSource:
             f"image_size={self.image_size})")
 
   def _decode(self, path: str) -> np.ndarray:
-    with Image.open(path) as image:
-      image.load()
-      return resize_center_crop(image, self.image_size)
+    return decode_file(path, self.image_size)
 
   def __getitem__(self, i: int) -> dict[str, np.ndarray]:
     n = len(self)
@@ -210,7 +223,7 @@ class FolderSource:
       try:
         image = self._decode(path)
       except _DECODE_ERRORS as e:
-        reason = (str(e).splitlines() or [type(e).__name__])[0]
+        reason = decode_error_reason(e)
         if self.on_bad_image == "fail":
           raise ValueError(f"cannot decode image file {path} ({reason}); remove it or set "
                            "config.data.on_bad_image='skip' to skip unreadable files.") from None

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 import math
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -33,6 +33,9 @@ CAPTION_TEMPLATES: tuple[str, ...] = (
     "{color} {shape}, {size}, {position}, {background} background",
     "a {background} background with a {size} {color} {shape} in the {position}",
     "there is a {size} {color} {shape} in the {position} of a {background} image",
+    "{background} pattern behind a {color} {shape} of {size} size near the {position}",
+    "an image showing one {shape}; it is {color} and {size}, placed {position}",
+    "{size} {shape} coloured {color} over a {background} backdrop, {position}",
 )
 SPLITS: dict[str, int] = {"train": 0, "test": 1}
 DEFAULT_NUM_EXAMPLES: dict[str, int] = {"train": 10_000, "test": 2_000}
@@ -320,18 +323,55 @@ def caption(attrs: Mapping[str, object], template_index: int = 0) -> str:
       background=BACKGROUND_NAMES[int(attrs["background"])])
 
 
+def held_out_ids(pairs: Sequence[Sequence[object]] | None) -> tuple[tuple[int, int], ...]:
+  """(class, colour) pairs given by name or id -> sorted unique (label_id, color_id) tuples."""
+  out = set()
+  for pair in pairs or ():
+    if isinstance(pair, str) or len(pair) != 2:
+      raise ValueError(f"held-out pair {pair!r} is not a (class, colour) pair; pass e.g. "
+                       "data.held_out_pairs=(('circle', 'red'), ('star', 'blue')).")
+    ids = []
+    for value, names, what in ((pair[0], CLASS_NAMES, "class"), (pair[1], COLOR_NAMES, "colour")):
+      if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        ok = 0 <= int(value) < len(names)
+        ids.append(int(value))
+      else:
+        ok = value in names
+        ids.append(names.index(value) if ok else -1)
+      if not ok:
+        raise ValueError(f"held-out pair {tuple(pair)!r}: unknown {what} {value!r}; use one of "
+                         f"{', '.join(names)}.")
+    out.add(tuple(ids))
+  if len(out) >= len(CLASS_NAMES) * len(COLOR_NAMES):
+    raise ValueError("held_out_pairs holds out every (class, colour) pair; keep some for training.")
+  return tuple(sorted(out))
+
+
 def generate(num: int, *, split: str = "train", seed: int = 0, image_size: int = 32,
-             start: int = 0) -> dict[str, np.ndarray]:
-  """Examples start .. start+num-1 of a split: image, label, mask, box, attributes, caption, index."""
+             start: int = 0, held_out_pairs: Sequence[Sequence[object]] = ()
+             ) -> dict[str, np.ndarray]:
+  """Examples start .. start+num-1 of a split: image, label, mask, box, attributes, caption, index.
+
+  `held_out_pairs` ((class, colour) names or ids) never occur in the train split: a train example
+  drawing one is redrawn from the generator [seed, split, index, attempt] (attempt 1, 2, ...), so
+  it stays a function of its index alone. The test split ignores them (it keeps those pairs).
+  """
   _check_args(split, seed, image_size)
   for name, value in (("num", num), ("start", start)):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
       raise ValueError(f"{name} must be a non-negative int, got {_fmt(value)}; "
                        f"pass e.g. {name}={1000 if name == 'num' else 0}.")
   s = int(image_size)
+  held = set(held_out_ids(held_out_pairs)) if split == "train" else set()
   index = np.arange(start, start + num, dtype=np.int64)
-  ex = [_sample_example(np.random.default_rng([int(seed), SPLITS[split], int(i)]), s)
-        for i in index]
+  ex = []
+  for i in index:
+    e = _sample_example(np.random.default_rng([int(seed), SPLITS[split], int(i)]), s)
+    attempt = 0
+    while (e["label"], e["color"]) in held:
+      attempt += 1
+      e = _sample_example(np.random.default_rng([int(seed), SPLITS[split], int(i), attempt]), s)
+    ex.append(e)
   ints = ("label", "color", "size", "position", "background", "template")
   p = {k: np.array([e[k] for e in ex], np.int32).reshape(num) for k in ints}
   for k in ("cy", "cx", "radius", "cos", "sin", "tcos", "tsin", "period", "phase_a", "phase_b",
@@ -364,16 +404,23 @@ def generate(num: int, *, split: str = "train", seed: int = 0, image_size: int =
 
 
 class ShapesSource:
-  """Grain-compatible random-access source of the `shapes` dataset, generated eagerly in memory."""
+  """Grain-compatible random-access source of the `shapes` dataset, generated eagerly in memory.
+
+  `captions_of(i)` gives example i's caption under every template, its generated caption first
+  (the fixed text of evaluation); `held_out_pairs` the (label_id, color_id) pairs kept out of the
+  train split (test examples carry `label` and `color` to report them separately).
+  """
 
   name = "shapes"
   has_labels = True
   num_classes = len(CLASS_NAMES)
   class_names = CLASS_NAMES
   _KEYS = ("image", "label", "index", "mask", "box", "color", "size", "position", "background")
+  _ATTRS = ("label", "color", "size", "position", "background", "template")
 
   def __init__(self, split: str = "train", *, num_examples: int | None = None,
-               image_size: int = 32, seed: int = 0):
+               image_size: int = 32, seed: int = 0,
+               held_out_pairs: Sequence[Sequence[object]] = ()):
     _check_args(split, seed, image_size)
     if num_examples is None:
       num_examples = DEFAULT_NUM_EXAMPLES[split]
@@ -382,7 +429,9 @@ class ShapesSource:
       raise ValueError(f"num_examples must be a positive int or None, got "
                        f"{_fmt(num_examples)}; pass e.g. num_examples=1000.")
     self.split, self.seed, self.image_size = split, int(seed), int(image_size)
-    data = generate(int(num_examples), split=split, seed=seed, image_size=image_size)
+    self.held_out_pairs: tuple[tuple[int, int], ...] = held_out_ids(held_out_pairs)
+    data = generate(int(num_examples), split=split, seed=seed, image_size=image_size,
+                    held_out_pairs=self.held_out_pairs)
     self.captions: list[str] = list(data.pop("caption"))
     self.arrays: dict[str, np.ndarray] = data
 
@@ -395,9 +444,23 @@ class ShapesSource:
       raise IndexError(f"index {i} out of range for a ShapesSource of {n} examples.")
     return {k: np.asarray(self.arrays[k][i]) for k in self._KEYS}
 
+  def captions_of(self, i: int) -> list[str]:
+    """Example i's caption under each template, starting at its generated one (= captions[i])."""
+    a = {k: int(self.arrays[k][i]) for k in self._ATTRS}
+    words = dict(shape=CLASS_NAMES[a["label"]], color=COLOR_NAMES[a["color"]],
+                 size=SIZE_NAMES[a["size"]], position=POSITION_NAMES[a["position"]],
+                 background=BACKGROUND_NAMES[a["background"]])
+    k = len(CAPTION_TEMPLATES)
+    return [CAPTION_TEMPLATES[(a["template"] + j) % k].format(**words) for j in range(k)]
+
+  def get_with_captions(self, i: int) -> tuple[dict[str, np.ndarray], list[str]]:
+    """(source[i], captions_of(i)): the interface the text wrapper (cl_jax/data/captions.py) reads."""
+    return self[i], self.captions_of(i)
+
   def __repr__(self) -> str:
+    held = f", held_out_pairs={len(self.held_out_pairs)}" if self.held_out_pairs else ""
     return (f"ShapesSource(split={self.split!r}, num_examples={len(self)}, "
-            f"image_size={self.image_size}, seed={self.seed})")
+            f"image_size={self.image_size}, seed={self.seed}{held})")
 
 
 def _grid_png(path: str, per_class: int, image_size: int, split: str, seed: int) -> None:

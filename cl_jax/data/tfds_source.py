@@ -31,7 +31,7 @@ class TfdsSource:
 
   def __init__(self, name: str, split: str, *, image_size: int, data_dir: str | None = None,
                num_examples: int | None = None, seed: int = 0, image_key: str = "image",
-               label_key: str = "label"):
+               label_key: str = "label", caption_key: str | None = None):
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
     try:
@@ -61,7 +61,10 @@ class TfdsSource:
     if image_key not in features:
       raise ValueError(f"tfds dataset '{name}' has no feature '{image_key}'; its features are "
                        f"{', '.join(sorted(features))}: set config.data.image_key.")
+    if caption_key:
+      _check_caption_key(name, features, caption_key)
     self.name, self.split, self.image_size = name, split, int(image_size)
+    self.caption_key = caption_key or None
     self.image_key, self.label_key = image_key, label_key
     self.has_labels = (label_key in features
                        and isinstance(features[label_key], tfds.features.ClassLabel))
@@ -69,6 +72,11 @@ class TfdsSource:
     self.class_names = tuple(features[label_key].names) if self.has_labels else None
     self._records = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
     self._indices = subset_indices(len(self._records), num_examples, seed)
+    self._text_records = None
+    if self.caption_key:  # captions without decoding the image (EpochText, retrieval)
+      self._text_records = tfds.data_source(
+          name, split=split, data_dir=data_dir, download=False,
+          decoders={image_key: tfds.decode.SkipDecoding()})
 
   def __len__(self) -> int:
     return len(self._indices)
@@ -77,17 +85,76 @@ class TfdsSource:
     return (f"TfdsSource(name={self.name!r}, split={self.split!r}, num_records={len(self)}, "
             f"image_size={self.image_size})")
 
-  def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+  def _record(self, i: int, records=None) -> dict:
     n = len(self)
     i = int(i)
     if not 0 <= i < n:
       raise IndexError(f"index {i} out of range for a TfdsSource of {n} records.")
-    record = self._records[int(self._indices[i])]
+    return (records or self._records)[int(self._indices[i])]
+
+  def _example(self, i: int, record: dict) -> dict[str, np.ndarray]:
     image = np.asarray(record[self.image_key])
     s = self.image_size
     if image.shape != (s, s, 3) or image.dtype != np.uint8:
       image = resize_center_crop(image, s)
-    out = {"image": image, "index": np.asarray(i, np.int32)}
+    out = {"image": image, "index": np.asarray(int(i), np.int32)}
     if self.has_labels:
       out["label"] = np.asarray(record[self.label_key], np.int32)
     return out
+
+  def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+    return self._example(i, self._record(i))
+
+
+
+class TfdsCaptionSource(TfdsSource):
+  """A tfds image-text dataset (e.g. coco_captions): also the captions at `caption_key`, one list per image."""
+
+  def __init__(self, *args, caption_key: str, **kwargs):
+    if not caption_key:
+      raise ValueError("TfdsCaptionSource needs a caption_key; set config.data.caption_key, e.g. "
+                       "'captions/text' for coco_captions.")
+    super().__init__(*args, caption_key=caption_key, **kwargs)
+
+  def captions_of(self, i: int) -> list[str]:
+    """The captions of record i (config data.caption_key), read without decoding the image."""
+    return _captions(self._record(i, self._text_records), self.caption_key)
+
+  def get_with_captions(self, i: int) -> tuple[dict[str, np.ndarray], list[str]]:
+    """(source[i], captions_of(i)) from one read."""
+    record = self._record(i)
+    return self._example(i, record), _captions(record, self.caption_key)
+
+
+def _lookup(record, key: str):
+  for part in key.split("/"):
+    record = record[part]
+  return record
+
+
+def _captions(record, key: str) -> list[str]:
+  """The caption strings at `key` ("captions/text" = record["captions"]["text"]): str, bytes or a list."""
+  value = _lookup(record, key)
+  items = [value] if isinstance(value, (str, bytes)) else list(np.asarray(value).reshape(-1))
+  return [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in items]
+
+
+def _check_caption_key(name: str, features, key: str) -> None:
+  """One-line error when `key` ("a/b" for nested features) is not a text feature of the dataset."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  node, path = features, []
+  for part in key.split("/"):
+    if isinstance(node, tfds.features.Sequence):
+      node = node.feature
+    keys = list(node.keys()) if hasattr(node, "keys") else []
+    if part not in keys:
+      raise ValueError(f"tfds dataset '{name}' has no caption feature '{key}' ('{part}' is not in "
+                       f"{'/'.join(path) or 'the features'}: {', '.join(sorted(keys))}); set "
+                       "config.data.caption_key, e.g. 'captions/text' for coco_captions.")
+    node, path = node[part], path + [part]
+  if isinstance(node, tfds.features.Sequence):
+    node = node.feature
+  if not isinstance(node, tfds.features.Text):
+    raise ValueError(f"tfds feature '{key}' of '{name}' is {type(node).__name__}, not text; set "
+                     "config.data.caption_key to a Text feature, e.g. 'captions/text'.")
