@@ -370,3 +370,99 @@ def test_loader_over_folder_source_batches(split_tree):
   for image, label, index in zip(batch["image"], batch["label"], batch["index"]):
     assert src[int(index)]["label"] == label
     np.testing.assert_array_equal(src[int(index)]["image"], image)
+
+
+# ------------------------------------------------------------------------- tfds image-text
+
+def tiny_captions(v):
+  """1-3 captions of the image of value v, in words the "shapes" tokenizer knows."""
+  from cl_jax.data.shapes import CLASS_NAMES, COLOR_NAMES
+  return [f"a {COLOR_NAMES[k]} {CLASS_NAMES[(v // 10) % 10]}" for k in range(1 + (v // 10) % 3)]
+
+
+@pytest.fixture(scope="module")
+def tfds_caption_dir(tmp_path_factory):
+  """A tiny coco_captions-like tfds dataset: image, label, captions: Sequence({id, text})."""
+  import tensorflow_datasets as tfds
+
+  def png(value):
+    f = io.BytesIO()
+    Image.fromarray(np.full((12, 10, 3), value, np.uint8)).save(f, format="PNG")
+    f.seek(0)
+    return f
+
+  class ClJaxTinyCaptions(tfds.core.GeneratorBasedBuilder):
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+          "image": tfds.features.Image(shape=(12, 10, 3)),
+          "label": tfds.features.ClassLabel(names=list(CLASSES)),
+          "captions": tfds.features.Sequence({"id": np.int64, "text": tfds.features.Text()})}))
+
+    def _split_generators(self, dl_manager):
+      return {"train": self._generate_examples(6, 0), "test": self._generate_examples(3, 100)}
+
+    def _generate_examples(self, n, offset):
+      for i in range(n):
+        v = offset + 10 * i
+        caps = tiny_captions(v)
+        yield i, {"image": png(v), "label": i % 3,
+                  "captions": {"id": list(range(len(caps))), "text": caps}}
+
+  data_dir = str(tmp_path_factory.mktemp("tfds_captions"))
+  ClJaxTinyCaptions(data_dir=data_dir, file_format="array_record").download_and_prepare()
+  return data_dir
+
+
+def test_tfds_caption_source(tfds_caption_dir):
+  from cl_jax.data import tfds_source
+  c = cfg(dataset="cl_jax_tiny_captions", data_dir=tfds_caption_dir, caption_key="captions/text")
+  train = sources.get_source(c, "train")
+  assert isinstance(train, tfds_source.TfdsCaptionSource) and train.has_labels
+  for i in range(len(train)):
+    ex, caps = train.get_with_captions(i)
+    v = int(ex["image"][0, 0, 0])
+    assert caps == tiny_captions(v)
+    assert train.captions_of(i) == caps and int(ex["label"]) == (v // 10) % 3
+  plain = sources.get_source(cfg(dataset="cl_jax_tiny_captions", data_dir=tfds_caption_dir), "train")
+  assert not hasattr(plain, "captions_of")  # no caption_key: an image(-label) source
+  for key, needle in (("nope", "no caption feature 'nope'"),
+                      ("captions/nope", "'nope' is not in captions"),
+                      ("label", "ClassLabel, not text")):
+    one_line_error(lambda: sources.get_source(
+        cfg(dataset="cl_jax_tiny_captions", data_dir=tfds_caption_dir, caption_key=key), "train"),
+        needle, "caption_key")
+
+
+def test_tfds_caption_text_one_caption_per_access(tfds_caption_dir):
+  text = dict(tokenizer="shapes", context_length=12, source="caption")
+  c = cfg(dataset="cl_jax_tiny_captions", data_dir=tfds_caption_dir, caption_key="captions/text",
+          text=text)
+  train, test = sources.get_source(c, "train"), sources.get_source(c, "test")
+  tok = train.tokenizer
+  picked = set()
+  for i in range(len(train)):
+    caps = train.captions_of(i)
+    for epoch in range(4):
+      row = train.get(i, epoch)["tokens"]
+      k = [np.array_equal(row, tok.encode([t])[0]) for t in caps].index(True)
+      picked.add((len(caps), k))
+  assert {(3, 0), (3, 1), (3, 2)} & picked == {(3, 0), (3, 1), (3, 2)}  # all of a 3-caption image
+  for i in range(len(test)):
+    np.testing.assert_array_equal(test[i]["tokens"], tok.encode(test.captions_of(i)[:1])[0])
+  c.text.source = "mixed"
+  mixed = sources.get_source(c, "train")
+  labels = {int(mixed[i]["text_label"]) for i in range(len(mixed))}
+  assert -1 in labels and labels - {-1}
+
+
+def test_caption_prefixes_route():
+  from cl_jax.data import caption_folder, webdataset
+  one_line_error(lambda: sources.get_source(cfg(dataset="captions:"), "train"), "captions:")
+  one_line_error(lambda: sources.get_source(cfg(dataset="webdataset:"), "train"), "webdataset:")
+  one_line_error(lambda: sources.get_source(cfg(dataset="captions:/no/such/dir"), "train"),
+                 "caption folder /no/such/dir does not exist")
+  one_line_error(lambda: sources.get_source(cfg(dataset="webdataset:/no/such/{0..1}.tar"),
+                                            "train"), "webdataset shard /no/such/0.tar")
+  assert caption_folder.CaptionFolderSource and webdataset.WebDatasetSource

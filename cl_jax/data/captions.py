@@ -172,15 +172,20 @@ class CaptionedSource:
   def __getitem__(self, i: int) -> dict[str, np.ndarray]:
     return self.get(i, 0)
 
+  def epoch_text(self) -> "EpochText":
+    """The `map_with_index` transform for a loader stream that repeats this whole source."""
+    return EpochText(self, len(self))
+
 
 class EpochText:
   """grain `map_with_index` transform: re-picks the text of epochs >= 1 from the loader position.
 
-  Applied after `repeat` (position k of a host's stream is epoch k // records_per_epoch), it keeps
-  the text a pure function of (seed, index, epoch), so a resumed iterator gives the same texts:
+  Applied right after `repeat` (position k of the repeated stream is epoch k // records_per_epoch),
+  it keeps the text a pure function of (seed, index, epoch), so a resumed iterator gives the same
+  texts, on any number of hosts (before the loader picks a host's rows):
 
-    ds = MapDataset.source(shard).shuffle(seed).repeat(n)
-    ds = ds.map_with_index(EpochText(source, len(shard)))
+    ds = MapDataset.source(source).shuffle(seed).repeat(n)
+    ds = ds.map_with_index(source.epoch_text())      # = EpochText(source, len(source))
   """
 
   def __init__(self, source: CaptionedSource, records_per_epoch: int):
