@@ -184,3 +184,22 @@ def test_text_tokens(shards):
     ex = src[i]
     assert ex["tokens"].shape == (8,) and int(ex["text_label"]) == -1
     np.testing.assert_array_equal(ex["tokens"], src.tokenizer.encode(src.captions_of(i))[0])
+
+
+@pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+def test_header_scan_agrees_with_tarfile(tmp_path, fmt):
+  path = str(tmp_path / "t.tar")
+  deep = "d" * 60 + "/" + "e" * 60  # > 100 characters: ustar prefix, GNU long name or pax path
+  long = "f" * 120 if fmt != tarfile.USTAR_FORMAT else "f" * 90
+  with tarfile.open(path, "w", format=fmt) as tar:
+    info = tarfile.TarInfo("adir")
+    info.type = tarfile.DIRTYPE
+    tar.addfile(info)
+    for name, data in ((f"{deep}/k1.jpg", b"x" * 700), (f"{deep}/k1.txt", b"hello"),
+                       (f"{long}.txt", b""), ("k2.json", b"{}" * 300)):
+      add(tar, name, data)
+  with tarfile.open(path) as tar:
+    expected = [(m.name, m.offset_data, m.size) for m in tar if m.isfile()]
+  assert webdataset.tar_members(path) == expected and len(expected) == 4
+  keys = [k for k, _ in webdataset.index_shard(path)]
+  assert keys == [f"{deep}/k1", long, "k2"]

@@ -3,8 +3,8 @@
 `dataset="webdataset:/data/cc3m/{00000..00331}.tar"`: brace ranges (zero padding kept) and lists
 `{a,b}`, and globs (`*`, `?`, `[..]`). A sample is the run of tar members sharing a key (the path up
 to the first "." of the file name): an image (.jpg/.jpeg/.png/.webp), a caption (.txt) and optional
-metadata (.json). The tar headers are scanned once when the source is built (a seek per member, no
-data read) and the byte offsets kept, so `source[i]` is two small reads at known offsets; the open
+metadata (.json). The tar headers are scanned once when the source is built (mmap, headers only; about
+2 us a member) and the byte offsets kept, so `source[i]` is two small reads at known offsets; the open
 file descriptors are per process (dropped when pickled into grain workers).
 
 The test split: `data.test_shards` (a pattern) when set, else a fixed held-out fraction
@@ -18,9 +18,9 @@ from __future__ import annotations
 import glob
 import io
 import json
+import mmap
 import os
 import re
-import tarfile
 
 import numpy as np
 from absl import logging
@@ -81,21 +81,78 @@ def _split_name(name: str) -> tuple[str, str]:
   return (os.path.join(directory, stem) if directory else stem), (ext.lower() if dot else "")
 
 
+def _octal(field: bytes) -> int:
+  """A tar numeric field: octal text, or base-256 when the high bit of the first byte is set."""
+  if field[:1] and field[0] & 0x80:
+    return int.from_bytes(bytes([field[0] & 0x7F]) + field[1:], "big")
+  field = field.split(b"\0", 1)[0].strip()
+  return int(field, 8) if field else 0
+
+
+def _pax_path(data: bytes) -> str | None:
+  """The `path` record of a pax extended header ("<len> path=<name>\n" records), if any."""
+  pos = 0
+  while pos < len(data):
+    space = data.find(b" ", pos)
+    if space < 0:
+      break
+    length = int(data[pos:space])
+    key, _, value = data[space + 1:pos + length - 1].partition(b"=")
+    if key == b"path":
+      return value.decode("utf-8", "surrogateescape")
+    pos += length
+  return None
+
+
+def tar_members(path: str) -> list[tuple[str, int, int]]:
+  """(name, data offset, size) of the regular files of a tar, from its 512-byte headers (ustar,
+  GNU long names, pax paths), via mmap: no data is read. Not a tar: ValueError."""
+  out: list[tuple[str, int, int]] = []
+  with open(path, "rb") as f:
+    total = os.fstat(f.fileno()).st_size
+    if total == 0:
+      return out
+    with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+      off, long_name, magic = 0, None, None
+      while off + 512 <= total:
+        hdr = m[off:off + 512]
+        if not hdr[0] and hdr.count(0) == 512:  # end-of-archive block
+          break
+        if hdr[257:265] != magic:  # the full checksum when the format magic changes (first header)
+          if _octal(hdr[148:156]) != sum(hdr) - sum(hdr[148:156]) + 256:
+            raise ValueError(f"bad tar header checksum at byte {off}")
+          magic = hdr[257:265]
+        size, kind, data = _octal(hdr[124:136]), hdr[156:157], off + 512
+        if kind in (b"L", b"x"):
+          payload = m[data:data + size]
+          long_name = (payload.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+                       if kind == b"L" else _pax_path(payload) or long_name)
+        elif kind in (b"0", b"\0", b"7"):
+          name = hdr[:100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+          if hdr[257:262] == b"ustar" and hdr[345]:
+            prefix = hdr[345:500].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+            name = f"{prefix}/{name}"
+          out.append((long_name or name, data, size))
+          long_name = None
+        elif kind != b"g":
+          long_name = None
+        off = data + (size + 511) // 512 * 512
+  return out
+
+
 def index_shard(path: str) -> list[tuple[str, dict[str, tuple[int, int]]]]:
   """[(key, {ext: (data offset, size)})] of a tar shard, in order; empty or not a tar: ValueError."""
   try:
-    with tarfile.open(path, "r:") as tar:
-      samples: dict[str, dict[str, tuple[int, int]]] = {}
-      for member in tar:
-        if not member.isfile():
-          continue
-        key, ext = _split_name(member.name)
-        if key.startswith(".") or os.path.basename(key).startswith("."):
-          continue
-        samples.setdefault(key, {})[ext] = (member.offset_data, member.size)
-  except (tarfile.TarError, OSError) as e:
+    members = tar_members(path)
+  except (ValueError, OSError) as e:
     raise ValueError(f"webdataset shard {path} is not a readable tar file "
                      f"({folder.decode_error_reason(e)}); re-create or remove it.") from None
+  samples: dict[str, dict[str, tuple[int, int]]] = {}
+  for name, offset, size in members:
+    key, ext = _split_name(name)
+    if os.path.basename(key).startswith(".") or not key:
+      continue
+    samples.setdefault(key, {})[ext] = (offset, size)
   if not samples:
     raise ValueError(f"webdataset shard {path} is empty (no files); re-create or remove it.")
   return list(samples.items())
