@@ -28,6 +28,7 @@ import numpy as np
 
 TEXT_SOURCES = ("caption", "label_prompt", "mixed")
 _MASK64 = (1 << 64) - 1
+_CACHE_SIZE = 50_000  # memoised texts per source (and per grain worker)
 
 
 def _mix(*values: int) -> int:
@@ -97,10 +98,11 @@ class CaptionedSource:
     self.tokenizer = tokenizer
     self.seed = int(get("seed", None) if get("seed", None) is not None else seed)
     self.vary = split == "train"
+    self._cache: dict[str, np.ndarray] = {}
 
   # ---------------------------------------------------------------- delegation
   def __getattr__(self, key: str) -> Any:
-    if key == "source":  # not yet set (unpickling): no recursion
+    if key in ("source", "_cache"):  # not yet set (unpickling): no recursion
       raise AttributeError(key)
     return getattr(self.source, key)
 
@@ -151,10 +153,23 @@ class CaptionedSource:
       return self.prompt(label, i, epoch), int(label)
     return self.choose_caption(self.source.captions_of(i), i, epoch), -1
 
+  def tokens(self, text: str) -> np.ndarray:
+    """int32 [context_length] ids of `text` (read-only; memoised: prompts and templated captions repeat)."""
+    row = self._cache.get(text)
+    if row is None:
+      row = self.tokenizer.encode([text])[0].astype(np.int32, copy=False)
+      row.setflags(write=False)
+      if len(self._cache) < _CACHE_SIZE:
+        self._cache[text] = row
+    return row
+
   def _add_text(self, ex: dict[str, np.ndarray], text: str, label: int) -> dict[str, np.ndarray]:
-    ex["tokens"] = self.tokenizer.encode([text])[0].astype(np.int32, copy=False)
+    ex["tokens"] = self.tokens(text)
     ex["text_label"] = np.asarray(label, np.int32)
     return ex
+
+  def __getstate__(self) -> dict[str, Any]:
+    return {**self.__dict__, "_cache": {}}
 
   def get(self, i: int, epoch: int = 0) -> dict[str, np.ndarray]:
     """Example i with the text of `epoch` (`source[i]` is epoch 0)."""
