@@ -1,0 +1,106 @@
+"""DINO: self-distillation with no labels (Caron et al. 2021): multi-crop student, EMA teacher, centring."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from cl_jax import parallel
+from cl_jax.eval.collapse import embedding_std
+from cl_jax.losses.distill import dino_loss, teacher_temperature, update_center
+from cl_jax.methods import METHODS
+from cl_jax.methods.base import Method, Views
+from cl_jax.methods.ema import cosine_momentum, ema_update
+from cl_jax.models import build_backbone
+from cl_jax.models.dino_head import DINOHead, MultiCropEncoder
+from cl_jax.models.registry import parse_bn, parse_dtype
+
+_DEFAULTS = dict(out_dim=65536, hidden_dim=2048, bottleneck_dim=256, num_layers=3, use_bn_in_head=False,
+                 norm_last_layer=True, momentum=0.996, student_temp=0.1, warmup_teacher_temp=0.04,
+                 teacher_temp=0.04, warmup_teacher_temp_epochs=0, center_momentum=0.9, encode_with="teacher")
+
+
+@METHODS.register("dino")
+class DINO(Method):
+  """DINO (Caron et al. 2021, Alg. 1): the student matches the centred, sharpened teacher on all pairs of
+  (global crop, other crop); the teacher is an EMA of the student (momentum cosine from `momentum` to 1).
+
+  config.method: out_dim (65536), hidden_dim (2048), bottleneck_dim (256), num_layers (3), use_bn_in_head,
+  norm_last_layer (True), momentum (0.996), student_temp (0.1), warmup_teacher_temp (0.04), teacher_temp,
+  warmup_teacher_temp_epochs, center_momentum (0.9), encode_with ('teacher' as the official evaluation, or
+  'student'). The first crop group of config.augment holds the global crops (the only ones the teacher sees).
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    super().__init__(config)
+    m = {**_DEFAULTS, **dict(config.method)}
+    self.m = ml_collections.ConfigDict(m)
+    if m["encode_with"] not in ("teacher", "student"):
+      raise ValueError(f"Unknown method.encode_with '{m['encode_with']}'; use 'teacher' or 'student'.")
+    if not 0.0 <= m["momentum"] <= 1.0 or not 0.0 <= m["center_momentum"] <= 1.0:
+      raise ValueError(f"DINO momentum {m['momentum']} and center_momentum {m['center_momentum']} must lie in "
+                       "[0, 1]; the paper uses 0.996 and 0.9.")
+    head = DINOHead(out_dim=int(m["out_dim"]), hidden_dim=int(m["hidden_dim"]),
+                    bottleneck_dim=int(m["bottleneck_dim"]), num_layers=int(m["num_layers"]),
+                    use_bn=bool(m["use_bn_in_head"]), norm_last_layer=bool(m["norm_last_layer"]),
+                    bn_axis_name=parse_bn(config.model.get("bn", "sync")),
+                    dtype=parse_dtype(config.model.get("dtype", "float32")))
+    self.model = MultiCropEncoder(backbone=build_backbone(config.model), head=head)
+
+  def init(self, key: jax.Array, views: Views):
+    variables = self.model.init(key, (views["crops"][0][0],), train=False)
+    params, batch_stats = variables["params"], variables.get("batch_stats", {})
+    # The teacher starts as a copy of the student (official: teacher.load_state_dict(student.state_dict())).
+    teacher = {"params": jax.tree.map(jnp.copy, params), "batch_stats": jax.tree.map(jnp.copy, batch_stats)}
+    return params, {"batch_stats": batch_stats, "teacher": teacher,
+                    "center": jnp.zeros((int(self.m.out_dim),), jnp.float32)}
+
+  def teacher_temperature(self, step: jax.Array) -> jax.Array:
+    """tau_t at `step`: warm-up per epoch, then constant (DINO App. B)."""
+    m = self.m
+    return teacher_temperature(step, self.steps_per_epoch, m.warmup_teacher_temp, m.teacher_temp,
+                               int(m.warmup_teacher_temp_epochs))
+
+  def loss(self, params, state, views, key, step):
+    del key
+    groups = views["crops"]
+    num_global, b = groups[0].shape[0], groups[0].shape[1]
+    if num_global < 1 or sum(g.shape[0] for g in groups) < 2:
+      raise ValueError(f"DINO needs at least 2 crops with global ones first, got groups of "
+                       f"{[g.shape[0] for g in groups]} views; set config.augment['global'].views=2.")
+    flat = tuple(g.reshape((-1,) + g.shape[2:]) for g in groups)   # [V*b, H, W, C], view-major
+    mutable = ["batch_stats"]
+    (feats, z, s_logits), s_updates = self.model.apply(
+        {"params": params, "batch_stats": state["batch_stats"]}, flat, train=True, mutable=mutable)
+    # The teacher sees only the global crops, in train mode as the official code (batch statistics in BN).
+    (_, _, t_logits), t_updates = self.model.apply(state["teacher"], flat[:1], train=True, mutable=mutable)
+    t_logits = jax.lax.stop_gradient(t_logits)
+    k = s_logits.shape[-1]
+    student = s_logits.reshape(-1, b, k)
+    teacher = t_logits.reshape(num_global, b, k)
+    temp = self.teacher_temperature(step)
+    loss, metrics = dino_loss(student, teacher, state["center"], self.m.student_temp, temp,
+                              axis_name=parallel.DATA)
+    new_state = {
+        "batch_stats": parallel.pmean_varying(s_updates.get("batch_stats", {})),
+        "teacher": {"params": state["teacher"]["params"],
+                    "batch_stats": parallel.pmean_varying(t_updates.get("batch_stats", {}))},
+        "center": update_center(state["center"], teacher, self.m.center_momentum, axis_name=parallel.DATA),
+    }
+    metrics["embedding_std"] = embedding_std(z[:num_global * b], parallel.DATA)
+    metrics["teacher_temp"] = temp
+    metrics["features"] = feats[:b]   # backbone features of the first global view, for the online probe
+    return loss, (new_state, metrics)
+
+  def after_update(self, params, state, step):
+    """EMA teacher: theta_t <- lambda theta_t + (1 - lambda) theta_s, lambda cosine 0.996 -> 1 (DINO Sec. 3.1)."""
+    momentum = cosine_momentum(self.m.momentum, step, self.total_steps)
+    teacher = {**state["teacher"], "params": ema_update(state["teacher"]["params"], params, momentum)}
+    return {**state, "teacher": teacher}
+
+  def encode(self, params, state, images):
+    if self.m.encode_with == "teacher":
+      variables = state["teacher"]
+    else:
+      variables = {"params": params, "batch_stats": state["batch_stats"]}
+    return self.model.apply(variables, images, train=False, method=MultiCropEncoder.features)
