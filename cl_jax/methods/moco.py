@@ -1,0 +1,110 @@
+"""MoCo v1 and v2: momentum key encoder, a queue of negative keys split by rows over devices, Shuffle BN."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from cl_jax import parallel
+from cl_jax.eval.collapse import embedding_std
+from cl_jax.losses.contrastive import l2_normalize
+from cl_jax.losses.queue import queue_info_nce
+from cl_jax.methods import METHODS, ema, memory_bank
+from cl_jax.methods.base import Method, Views
+from cl_jax.methods.shuffle_bn import shuffled_apply
+from cl_jax.models import build_backbone
+from cl_jax.models.encoder import Encoder
+from cl_jax.models.heads import MLP
+
+_QUEUE_KEYS = ("queue",)
+
+
+class _MoCo(Method):
+  """MoCo (He et al. 2020, Alg. 1): query encoder f_q trained by InfoNCE against keys from a momentum encoder f_k
+  (theta_k <- m theta_k + (1 - m) theta_q after each update) and a FIFO queue of the last K keys."""
+
+  version: int = 1
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    super().__init__(config)
+    m = config.method
+    self.temperature = float(m.temperature)
+    self.momentum = float(m.get("momentum", 0.999))
+    self.queue_size = int(m.get("queue_size", 65536))
+    self.dim = int(m.get("proj_dim", 128))
+    self.shuffle_bn = bool(m.get("shuffle_bn", True))
+    if not 0.0 <= self.momentum <= 1.0:
+      raise ValueError(f"MoCo momentum {self.momentum} must lie in [0, 1]; set method.momentum (paper: 0.999).")
+    if self.version == 1:
+      head = MLP((), self.dim)                                    # v1: linear fc to 128-d (Sec. 3.3)
+    else:
+      head = MLP((int(m.get("proj_hidden", 2048)),), self.dim)    # v2: 2048-d hidden layer + ReLU (Sec. 2)
+    self.model = Encoder(backbone=build_backbone(config.model), head=head)
+
+  def init(self, key: jax.Array, views: Views):
+    qkey, mkey = jax.random.split(key)
+    variables = self.model.init(mkey, views["crops"][0][0], train=False)
+    params, stats = variables["params"], variables.get("batch_stats", {})
+    # The queue starts as random unit keys (official: randn normalised per key), rows = keys.
+    queue = l2_normalize(jax.random.normal(qkey, (self.queue_size, self.dim), jnp.float32))
+    return params, {"batch_stats": stats, "key_params": jax.tree.map(jnp.copy, params),
+                    "key_batch_stats": jax.tree.map(jnp.copy, stats), "queue": queue,
+                    "ptr": jnp.zeros((), jnp.int32)}
+
+  def state_sharding(self, state):
+    return memory_bank.row_sharding(state, _QUEUE_KEYS)
+
+  def loss(self, params, state, views, key, step):
+    crops = views["crops"][0]
+    if crops.shape[0] != 2:
+      raise ValueError(f"MoCo takes 2 views per image (query, key), got {crops.shape[0]}; "
+                       "set --config.augment['global'].views=2.")
+    axis = parallel.DATA
+    n = jax.lax.axis_size(axis)
+    global_batch = crops.shape[1] * n
+    memory_bank.check_rows("MoCo queue", self.queue_size, n, "set method.queue_size to a multiple of the devices")
+    if self.queue_size % global_batch:
+      raise ValueError(f"MoCo queue_size {self.queue_size} is not divisible by the global batch {global_batch}; "
+                       "set method.queue_size to a multiple of the batch.")
+    (h, q), updates = self.model.apply({"params": params, "batch_stats": state["batch_stats"]}, crops[0],
+                                       train=True, mutable=["batch_stats"])
+    key_vars = {"params": state["key_params"], "batch_stats": state["key_batch_stats"]}
+
+    def key_encoder(x):
+      (_, k), k_updates = self.model.apply(key_vars, x, train=True, mutable=["batch_stats"])
+      return k, k_updates["batch_stats"]
+
+    if self.shuffle_bn:
+      k, key_stats = shuffled_apply(key_encoder, crops[1], jax.random.fold_in(key, 0), axis)
+    else:
+      k, key_stats = key_encoder(crops[1])
+    k = jax.lax.stop_gradient(l2_normalize(k))
+    loss, metrics = queue_info_nce(q, k, state["queue"], self.temperature, axis_name=axis)
+    queue, ptr = memory_bank.enqueue(state["queue"], state["ptr"], jax.lax.all_gather(k, axis, tiled=True), axis)
+    metrics["embedding_std"] = embedding_std(q, axis)
+    metrics["features"] = h
+    new_state = {**state, "batch_stats": parallel.pmean_varying(updates["batch_stats"]),
+                 "key_batch_stats": parallel.pmean_varying(jax.lax.stop_gradient(key_stats)),
+                 "queue": queue, "ptr": ptr}
+    return loss, (new_state, metrics)
+
+  def after_update(self, params, state, step):
+    """theta_k <- m theta_k + (1 - m) theta_q (Eq. 2), after the query encoder's update as in Alg. 1."""
+    del step
+    return {**state, "key_params": ema.ema_update(state["key_params"], params, self.momentum)}
+
+  def encode(self, params, state, images):
+    return self.model.apply({"params": params, "batch_stats": state["batch_stats"]}, images, train=False,
+                            method=Encoder.features)
+
+
+@METHODS.register("moco_v1")
+class MoCoV1(_MoCo):
+  """MoCo v1 (He et al. 2020): linear 128-d head, temperature 0.07, K = 65,536, m = 0.999, Shuffle BN."""
+  version = 1
+
+
+@METHODS.register("moco_v2")
+class MoCoV2(_MoCo):
+  """MoCo v2 (Chen et al. 2020, 'Improved Baselines', Sec. 2): MLP head (2048 hidden), temperature 0.2."""
+  version = 2

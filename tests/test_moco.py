@@ -1,0 +1,139 @@
+"""MoCo v1/v2: queue InfoNCE vs a float64 NumPy reference, Shuffle BN, and a method step on 8 devices vs 1."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from cl_jax import parallel
+from cl_jax.losses.queue import queue_info_nce
+from cl_jax.methods import get_method
+from cl_jax.methods.shuffle_bn import shuffled_apply
+from tests import momentum_harness as mh
+
+
+def info_nce_reference(q, k, queue, tau):
+  """MoCo Eq. 1 written per query in float64: -log exp(q.k+/t) / (exp(q.k+/t) + sum_j exp(q.k_j/t))."""
+  q = q.astype(np.float64) / np.linalg.norm(q, axis=1, keepdims=True)
+  k = k.astype(np.float64) / np.linalg.norm(k, axis=1, keepdims=True)
+  total = 0.0
+  for i in range(len(q)):
+    pos = np.exp(q[i] @ k[i] / tau)
+    neg = sum(np.exp(q[i] @ v / tau) for v in queue.astype(np.float64))
+    total += -np.log(pos / (pos + neg))
+  return total / len(q)
+
+
+@pytest.fixture(scope="module")
+def qkq():
+  rng = np.random.default_rng(0)
+  queue = rng.normal(size=(64, 8))
+  queue /= np.linalg.norm(queue, axis=1, keepdims=True)
+  return (rng.normal(size=(16, 8)).astype(np.float32), rng.normal(size=(16, 8)).astype(np.float32),
+          queue.astype(np.float32))
+
+
+@pytest.mark.parametrize("tau", [0.07, 0.2])
+def test_queue_info_nce_matches_float64_reference(qkq, tau):
+  q, k, queue = qkq
+  loss, _ = queue_info_nce(jnp.asarray(q), jnp.asarray(k), jnp.asarray(queue), tau)
+  np.testing.assert_allclose(float(loss), info_nce_reference(q, k, queue, tau), rtol=2e-5)
+
+
+def test_positive_at_index_zero_gives_accuracy_and_low_loss():
+  queue = -np.eye(8, dtype=np.float32)[:4]
+  q = np.eye(8, dtype=np.float32)[:4]
+  loss, m = queue_info_nce(jnp.asarray(q), jnp.asarray(q), jnp.asarray(queue), 0.07)
+  assert float(m["contrast_acc"]) == 1.0 and float(loss) < 1e-5
+  loss, m = queue_info_nce(jnp.asarray(q), jnp.asarray(-q), jnp.asarray(-queue), 0.07)
+  assert float(m["contrast_acc"]) == 0.0 and float(loss) > 10
+
+
+def test_queue_info_nce_eight_devices_equal_one_value_and_gradient(qkq):
+  q, k, queue = qkq
+  mesh = parallel.make_mesh()
+  tau = 0.2
+  ref, ref_grad = jax.value_and_grad(lambda a: queue_info_nce(a, k, queue, tau)[0])(q)
+
+  def per_device(q, k, queue):
+    return jax.value_and_grad(lambda a: queue_info_nce(a, k, queue, tau, axis_name=parallel.DATA)[0])(q)
+
+  fn = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P("data"),) * 3, out_specs=(P(), P("data"))))
+  put = lambda x: jax.device_put(x, parallel.sharded(mesh))
+  loss, grad = fn(put(q), put(k), put(queue))
+  np.testing.assert_allclose(float(loss), float(ref), rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(grad), np.asarray(ref_grad), rtol=1e-4, atol=1e-7)
+
+
+def test_shuffle_bn_runs_per_device_statistics_on_the_shuffled_batch_and_unshuffles():
+  """A per-device 'BN' (x - local mean) on 8 devices equals a NumPy reference: permute, split in 8, centre, un-permute."""
+  mesh = parallel.make_mesh()
+  x = np.random.default_rng(1).normal(size=(32, 3)).astype(np.float32)
+  key = jax.random.key(7)
+  fn = jax.jit(jax.shard_map(lambda x: shuffled_apply(lambda v: (v - v.mean(0), None), x, key, parallel.DATA)[0],
+                             mesh=mesh, in_specs=P("data"), out_specs=P("data")))
+  out = np.asarray(fn(jax.device_put(x, parallel.sharded(mesh))))
+  perm = np.asarray(jax.random.permutation(key, 32))
+  shuffled = x[perm].reshape(8, 4, 3)
+  expected = np.empty_like(x)
+  expected[perm] = (shuffled - shuffled.mean(1, keepdims=True)).reshape(32, 3)
+  np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+  unshuffled = (x.reshape(8, 4, 3) - x.reshape(8, 4, 3).mean(1, keepdims=True)).reshape(32, 3)
+  assert not np.allclose(out, unshuffled, atol=1e-3)   # the statistics really came from other devices' rows
+  one = jax.jit(jax.shard_map(lambda x: shuffled_apply(lambda v: (v * 2, None), x, key, parallel.DATA)[0],
+                              mesh=parallel.make_mesh(1), in_specs=P("data"), out_specs=P("data")))
+  np.testing.assert_array_equal(np.asarray(one(x)), x * 2)   # one device: a no-op
+
+
+@pytest.fixture(scope="module", params=["moco_v2"])
+def moco_setup(request):
+  c = mh.config(dict(name=request.param, temperature=0.2, momentum=0.9, queue_size=64, proj_hidden=32,
+                     proj_dim=16, shuffle_bn=True))
+  method = get_method(c)
+  views = mh.batch_views(c, 16)
+  params, state = jax.jit(method.init)(jax.random.key(0, impl="rbg"), views)
+  one = mh.run_step(method, params, state, views, parallel.make_mesh(1))
+  return method, params, state, views, one
+
+
+def test_moco_step_eight_devices_equal_one_loss_grads_queue(moco_setup):
+  """Sync BN: the shuffled key batch on 8 devices gives the same loss, gradient, queue and key encoder as 1."""
+  method, params, state, views, one = moco_setup
+  eight = mh.run_step(method, params, state, views, parallel.make_mesh())
+  np.testing.assert_allclose(float(eight[0]), float(one[0]), rtol=1e-5)
+  mh.assert_trees_close(eight[1], one[1], rtol=1e-3, atol=1e-5)
+  mh.assert_trees_close(eight[3], one[3], rtol=1e-4, atol=1e-6)
+
+
+def test_moco_step_pushes_keys_into_the_queue_and_updates_key_encoder(moco_setup):
+  method, params, state, views, one = moco_setup
+  loss, grads, metrics, new = one
+  assert np.isfinite(float(loss)) and 0 < float(metrics["embedding_std"]) < 1
+  queue, old = np.asarray(new["queue"]), np.asarray(state["queue"])
+  assert int(new["ptr"]) == 16
+  np.testing.assert_array_equal(queue[16:], old[16:])                       # untouched rows
+  np.testing.assert_allclose(np.linalg.norm(queue[:16], axis=1), 1.0, rtol=1e-5)   # fresh unit keys
+  assert not np.allclose(queue[:16], old[:16])
+  # m = 0.9 after a step with unchanged params: key params equal the (identical) query params.
+  mh.assert_trees_close(new["key_params"], params)
+
+
+def test_moco_few_steps_finite_and_queue_wraps(moco_setup):
+  method, params, state, views, _ = moco_setup
+  mesh = parallel.make_mesh()
+  for step in range(5):
+    loss, grads, _, state = mh.run_step(method, params, state, views, mesh, step=step)
+    params = jax.tree.map(lambda p, g: p - 0.05 * g, params, grads)
+    assert np.isfinite(float(loss))
+  assert int(state["ptr"]) == (5 * 16) % 64
+
+
+def test_queue_not_divisible_by_batch_is_one_line_error():
+  c = mh.config(dict(name="moco_v1", temperature=0.07, queue_size=40, proj_dim=8))
+  method = get_method(c)
+  views = mh.batch_views(c, 16)
+  params, state = jax.eval_shape(method.init, jax.random.key(0), views)
+  with pytest.raises(ValueError, match="queue_size 40 is not divisible by the global batch 16"):
+    jax.eval_shape(jax.shard_map(lambda p, s, v: method.loss(p, s, v, jax.random.key(0), 0)[0],
+                                 mesh=parallel.make_mesh(1), in_specs=(P(), P(), P("data")), out_specs=P()),
+                   params, state, views)
