@@ -8,7 +8,15 @@ from nbclient import NotebookClient
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.parametrize("name", ["quickstart.ipynb"])
+# notebook -> (texts its outputs must contain, files it must write in the workdir)
+EXPECTED = {
+    "quickstart.ipynb": (("kNN top-1",), ("augmentations.png",)),
+    "zero_shot.ipynb": (("zero-shot top-1", "zero-shot top-1 on unseen compositions"),
+                        ("zero_shot_predictions.png", "retrievals.png")),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_notebook_executes(name, tmp_path, monkeypatch):
   monkeypatch.setenv("CL_JAX_NOTEBOOK_STEPS", "4")
   monkeypatch.setenv("CL_JAX_NOTEBOOK_SMALL", "1")
@@ -17,6 +25,13 @@ def test_notebook_executes(name, tmp_path, monkeypatch):
     nb = nbformat.read(f, as_version=4)
   NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
   outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
-  assert "kNN top-1" in outputs
-  assert os.path.exists(tmp_path / "run" / "augmentations.png")
-  assert any(f.startswith("tsne") for f in os.listdir(tmp_path / "run" / "eval"))
+  texts, files = EXPECTED[name]
+  for text in texts:
+    assert text in outputs, text
+  for f in files:
+    assert os.path.exists(tmp_path / "run" / f), f
+  if name == "quickstart.ipynb":
+    assert any(f.startswith("tsne") for f in os.listdir(tmp_path / "run" / "eval"))
+  else:  # the figures were drawn inline too
+    assert sum(o.get("output_type") == "display_data" and "image/png" in o.get("data", {})
+               for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])) >= 4
