@@ -1,6 +1,6 @@
 """Text for the language-image methods: a wrapper that adds `tokens` and `text_label` to any source.
 
-CLIP (Radford et al. 2021, Sec. 2.3) pairs each image with one text; UniCL (Yang et al. 2022, Sec. 3.1)
+CLIP (Radford et al. 2021, Sec. 2.3) pairs each image with one text; UniCL (Yang et al. 2022, Sec. 3)
 also draws image-label data into the same space by turning the label into a prompt ("a photo of a
 {class}.") whose `text_label` is the class id, while a free caption gets `text_label` -1 (its own class).
 `config.data.text` chooses the text (`source`):
@@ -61,7 +61,9 @@ def default_templates(source: Any) -> tuple[str, ...]:
 
 
 class CaptionedSource:
-  """Any source plus `tokens` int32 [context_length] and `text_label` int32 per example (module doc).
+  """Any source plus `tokens` int32 [context_length] and `text_label` int32 per example: the image-text
+  pairs of CLIP (Radford et al. 2021, Sec. 2.3) and the image-text-label triplets of UniCL (Yang et al.
+  2022, Sec. 3: text_label = the class id for a prompt, -1 = a class of its own for a caption).
 
   Captions come from the wrapped source's `get_with_captions(i) -> (example, captions)` (or
   `captions_of(i)`), labels from its examples' `label` and `class_names`. Other attributes (name,
