@@ -3,8 +3,11 @@
   python -m cl_jax.evaluate --workdir=/tmp/cl_jax_quickstart --protocol=linear          # --nofast: with augmentation
   python -m cl_jax.evaluate --workdir=/tmp/cl_jax_quickstart --protocol=knn --config.eval.knn_k=20
   python -m cl_jax.evaluate --workdir=/tmp/cl_jax_quickstart --protocol=tsne            # PNGs in <workdir>/eval/
+  python -m cl_jax.evaluate --workdir=/tmp/h_clip --protocol=zeroshot     # language-image runs (clip, siglip, unicl)
+  python -m cl_jax.evaluate --workdir=/tmp/h_clip --protocol=retrieval    # image<->text recall@1/5/10
 
-linear and knn append {"step", "eval/<protocol>_top1", "eval/<protocol>_top5"} to <workdir>/metrics.jsonl.
+linear and knn append {"step", "eval/<protocol>_top1", "eval/<protocol>_top5"} to <workdir>/metrics.jsonl; zeroshot
+appends eval/zeroshot_top1/_top5 (and _top1_unseen/_seen with held-out pairs), retrieval eval/{i2t,t2i}_r{1,5,10}.
 `--config.eval.<name>=value` overrides the run's config.eval for this evaluation (names in EVAL_OPTIONS).
 """
 from __future__ import annotations
@@ -26,6 +29,7 @@ EVAL_OPTIONS: dict[str, tuple[type, Any]] = {
     "knn_k": (int, 200), "knn_temperature": (float, 0.07), "knn_train_examples": (int, None),
     "tsne_points": (int, 2000), "retrieval_queries": (int, 8), "retrieval_k": (int, 8),
     "batch_size": (int, None), "image_size": (int, None), "crop_frac": (float, None),
+    "retrieval_examples": (int, None),
 }
 
 
@@ -81,6 +85,32 @@ def _tsne(run, state, specs, workdir, step) -> tuple[dict[str, float], str]:
   line = (f"step {step}: wrote {out['tsne']} and {out['retrieval']} | retrieval precision@"
           f"{option(c, 'retrieval_k')} {out['retrieval_precision']:.1f}%")
   return {}, line
+
+
+@PROTOCOLS.register("zeroshot")
+def _zeroshot(run, state, specs, workdir, step) -> tuple[dict[str, float], str]:
+  """Zero-shot classification of the test split (CLIP Sec. 3.1): class names x prompt templates."""
+  del workdir
+  from cl_jax.eval import zeroshot  # pylint: disable=g-import-not-at-top
+
+  m = zeroshot.evaluate_zeroshot(run, state, specs)
+  line = (f"step {step}: zero-shot top-1 {m['eval/zeroshot_top1']:.2f}% (top-5 {m['eval/zeroshot_top5']:.2f}%)"
+          + "".join(f", {k.split('_')[-1]} compositions {m[k]:.2f}%" for k in
+                    ("eval/zeroshot_top1_unseen", "eval/zeroshot_top1_seen") if k in m)
+          + f" | {len(zeroshot.default_templates(run))} prompt templates")
+  return m, line
+
+
+@PROTOCOLS.register("retrieval")
+def _retrieval(run, state, specs, workdir, step) -> tuple[dict[str, float], str]:
+  """Image-to-text and text-to-image recall@1/5/10 on the test split's captions."""
+  del workdir
+  from cl_jax.eval import retrieval  # pylint: disable=g-import-not-at-top
+
+  m = retrieval.evaluate_retrieval(run, state, specs)
+  line = (f"step {step}: " + ", ".join(f"{d} R@{k} {m[f'eval/{d}_r{k}']:.2f}%" for d in ("i2t", "t2i")
+                                       for k in retrieval.KS))
+  return m, line
 
 
 def check_labels(config: ml_collections.ConfigDict, protocol: str) -> None:
