@@ -20,15 +20,20 @@ def _pmax(x: jax.Array, axis_name: str | None) -> jax.Array:
 
 
 def bank_logsumexp(queries: jax.Array, bank: jax.Array, temperature: float, extra: jax.Array,
-                   axis_name: str | None = None) -> tuple[jax.Array, jax.Array]:
+                   axis_name: str | None = None, num_valid: int | None = None) -> tuple[jax.Array, jax.Array]:
   """log(exp(extra_i) + sum_j exp(q_i . v_j / t)) over ALL rows v_j of a row-sharded bank, for every query.
 
   `queries` [B, D] and `extra` [B] are the same on every device (all-gathered); `bank` is this device's row slice.
   Each device scores the B queries against its R/n rows and the per-query max and sum of exponentials are combined
-  with pmax/psum: O(B) communication per step instead of all-gathering the R x D bank. Returns (lse [B], the max
+  with pmax/psum: O(B) communication per step instead of all-gathering the R x D bank. Global rows >= `num_valid`
+  (padding) are left out. Returns (lse [B], the max
   bank logit per query [B], for the top-1 accuracy).
   """
   logits = queries @ bank.T.astype(queries.dtype) / temperature            # [B, R/n]
+  if num_valid is not None:
+    local = bank.shape[0]
+    rows = jnp.arange(local) + (0 if axis_name is None else jax.lax.axis_index(axis_name) * local)
+    logits = jnp.where(rows[None, :] < num_valid, logits, -jnp.inf)
   top = _pmax(jax.lax.stop_gradient(jnp.max(logits, axis=1)), axis_name)
   shift = jnp.maximum(top, jax.lax.stop_gradient(extra))
   total = _psum(jnp.sum(jnp.exp(logits - shift[:, None]), axis=1), axis_name) + jnp.exp(extra - shift)

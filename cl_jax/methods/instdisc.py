@@ -1,0 +1,95 @@
+"""InstDisc: non-parametric instance discrimination with a memory bank split by rows over devices."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from cl_jax import parallel
+from cl_jax.eval.collapse import embedding_std
+from cl_jax.losses.contrastive import l2_normalize
+from cl_jax.losses.nce import instdisc_nce, instdisc_softmax
+from cl_jax.methods import METHODS, memory_bank
+from cl_jax.methods.base import Method, Views
+from cl_jax.models import build_backbone
+from cl_jax.models.encoder import Encoder
+from cl_jax.models.heads import MLP
+
+_LOSSES = ("nce", "softmax")
+
+
+def bank_size(config: ml_collections.ConfigDict) -> int:
+  """Rows of the memory bank = training examples: config.method.bank_size, else config.data.num_train."""
+  n = config.method.get("bank_size", 0) or config.data.get("num_train", 0)
+  if not n:
+    raise ValueError("InstDisc needs the number of training examples for its memory bank; set "
+                     "method.bank_size to the size of the training split (e.g. 50000 for CIFAR-10).")
+  return int(n)
+
+
+@METHODS.register("instdisc")
+class InstDisc(Method):
+  """InstDisc (Wu et al. 2018): one crop per image, 128-d L2-normalised features, a memory bank of every training
+  example's feature (momentum 0.5), and NCE with m = 4096 uniform noise rows (Eq. 5-8) or the full softmax (Eq. 2)."""
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    super().__init__(config)
+    m = config.method
+    self.temperature = float(m.get("temperature", 0.07))
+    self.num_negatives = int(m.get("num_negatives", 4096))
+    self.bank_momentum = float(m.get("bank_momentum", 0.5))
+    self.dim = int(m.get("proj_dim", 128))
+    self.loss_name = m.get("loss", "nce")
+    self.num_data = bank_size(config)
+    if self.loss_name not in _LOSSES:
+      raise ValueError(f"Unknown InstDisc loss '{self.loss_name}'; set method.loss to one of: {', '.join(_LOSSES)}.")
+    self.model = Encoder(backbone=build_backbone(config.model), head=MLP((), self.dim))   # fc to 128-d
+
+  def init(self, key: jax.Array, views: Views):
+    bkey, mkey = jax.random.split(key)
+    variables = self.model.init(mkey, views["crops"][0][0], train=False)
+    # Official init: uniform in +-1/sqrt(D/3), so E||v||^2 = 1; rows become unit vectors once visited.
+    stdv = 1.0 / (self.dim / 3) ** 0.5
+    # Padded to a multiple of the devices so the rows split evenly; padding rows are never sampled or scored.
+    rows = -(-self.num_data // jax.device_count()) * jax.device_count()
+    bank = jax.random.uniform(bkey, (rows, self.dim), jnp.float32, -stdv, stdv)
+    return variables["params"], {"batch_stats": variables.get("batch_stats", {}), "bank": bank,
+                                 "z": -jnp.ones((), jnp.float32)}
+
+  def state_sharding(self, state):
+    return memory_bank.row_sharding(state, ("bank",))
+
+  def loss(self, params, state, views, key, step):
+    del step
+    crops = views["crops"][0]
+    if crops.shape[0] != 1:
+      raise ValueError(f"InstDisc takes 1 view per image, got {crops.shape[0]}; "
+                       "set --config.augment['global'].views=1.")
+    if "index" not in views:
+      raise ValueError("InstDisc needs each example's dataset 'index' in the batch; use a source that provides it.")
+    axis = parallel.DATA
+    (h, z), updates = self.model.apply({"params": params, "batch_stats": state["batch_stats"]}, crops[0],
+                                       train=True, mutable=["batch_stats"])
+    index = views["index"].astype(jnp.int32)
+    if self.loss_name == "nce":
+      # Uniform noise indices, per example from (step key, global example position): topology independent.
+      keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(parallel.global_example_index(index.shape[0]))
+      neg = jax.vmap(lambda k: jax.random.randint(k, (self.num_negatives,), 0, self.num_data))(keys)
+      loss, z_const, metrics = instdisc_nce(z, index, neg, state["bank"], state["z"], self.temperature,
+                                            self.num_data, axis_name=axis)
+    else:
+      loss, metrics = instdisc_softmax(z, index, state["bank"], self.temperature, axis_name=axis,
+                                       num_data=self.num_data)
+      z_const = state["z"]
+    f_all = jax.lax.all_gather(jax.lax.stop_gradient(l2_normalize(z)), axis, tiled=True)
+    bank = memory_bank.momentum_update(state["bank"], jax.lax.all_gather(index, axis, tiled=True), f_all,
+                                       self.bank_momentum, axis)
+    metrics["embedding_std"] = embedding_std(z, axis)
+    metrics["features"] = h
+    new_state = {"batch_stats": parallel.pmean_varying(updates["batch_stats"]), "bank": bank,
+                 "z": jax.lax.stop_gradient(z_const)}
+    return loss, (new_state, metrics)
+
+  def encode(self, params, state, images):
+    return self.model.apply({"params": params, "batch_stats": state["batch_stats"]}, images, train=False,
+                            method=Encoder.features)
