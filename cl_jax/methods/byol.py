@@ -1,0 +1,106 @@
+"""BYOL: online network with a predictor regresses an EMA target network's projection (Grill et al. 2020)."""
+from __future__ import annotations
+
+import jax
+import ml_collections
+
+from cl_jax import parallel
+from cl_jax.eval.collapse import embedding_std
+from cl_jax.losses.regression import byol_regression
+from cl_jax.methods import METHODS
+from cl_jax.methods.base import Method, Views
+from cl_jax.methods.ema import cosine_momentum, ema_update
+from cl_jax.methods.simclr import bn_axis
+from cl_jax.models import build_backbone
+from cl_jax.models.encoder import Encoder
+from cl_jax.models.heads import MLP
+
+
+def byol_mlp(hidden: int, out: int, bn_axis_name: str | None) -> MLP:
+  """BYOL's projector and predictor (Grill et al. 2020, Sec. 3.3): Linear(hidden)-BN-ReLU-Linear(out)."""
+  return MLP((hidden,), out, use_bn=True, last_bn=False, bn_axis_name=bn_axis_name)
+
+
+def two_views(views: Views, name: str) -> jax.Array:
+  """The [2, b, H, W, C] crops of the first crop group, or a one-line error naming the fix."""
+  crops = views["crops"][0]
+  if crops.shape[0] != 2:
+    raise ValueError(f"{name} takes 2 views per image, got {crops.shape[0]}; "
+                     "set --config.augment['global'].views=2.")
+  return crops
+
+
+@METHODS.register("byol")
+class BYOL(Method):
+  """BYOL (Grill et al. 2020, Sec. 3.1, Eq. 1-2): symmetric 2 - 2cos loss, target <- EMA of the online encoder.
+
+  params = {"encoder": backbone + projector, "predictor"}; state = {"batch_stats": online BN statistics,
+  "target": {"params", "batch_stats"}} (the target network, replicated; one key so it can be sharded as a whole).
+  """
+
+  name = "BYOL"
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    super().__init__(config)
+    m = config.method
+    axis = bn_axis(config)
+    self.base_momentum = float(m.get("base_momentum", 0.996))
+    if not 0.0 <= self.base_momentum <= 1.0:
+      raise ValueError(f"method.base_momentum={self.base_momentum} must lie in [0, 1]; BYOL uses 0.996.")
+    self.encoder = Encoder(backbone=build_backbone(config.model),
+                           head=byol_mlp(m.get("proj_hidden", 4096), m.get("proj_dim", 256), axis))
+    self.predictor = byol_mlp(m.get("pred_hidden", 4096), m.get("proj_dim", 256), axis)
+
+  def init(self, key: jax.Array, views: Views):
+    x = views["crops"][0][0]
+    k_enc, k_pred = jax.random.split(key)
+    # The barrier materialises the initial values once, so the online and target copies are bit-identical
+    # (otherwise XLA may recompute each output with a different rounding).
+    enc = jax.lax.optimization_barrier(self.encoder.init(k_enc, x, train=False))
+    _, z = self.encoder.apply(enc, x, train=False)
+    pred = self.predictor.init(k_pred, z, train=False)
+    params = {"encoder": enc["params"], "predictor": pred["params"]}
+    enc_stats = enc.get("batch_stats", {})
+    state = {"batch_stats": {"encoder": enc_stats, "predictor": pred.get("batch_stats", {})},
+             # The target starts as a copy of the online encoder (BYOL Sec. 3.3 / official code).
+             "target": {"params": enc["params"], "batch_stats": enc_stats}}
+    return params, state
+
+  def _online(self, params, stats, x):
+    """(features, projection, prediction, new stats) of the online network in training mode."""
+    (h, z), enc_upd = self.encoder.apply({"params": params["encoder"], "batch_stats": stats["encoder"]}, x,
+                                         train=True, mutable=["batch_stats"])
+    p, pred_upd = self.predictor.apply({"params": params["predictor"], "batch_stats": stats["predictor"]}, z,
+                                       train=True, mutable=["batch_stats"])
+    return h, z, p, {"encoder": enc_upd["batch_stats"], "predictor": pred_upd["batch_stats"]}
+
+  def _target(self, target, x):
+    """(projection, new stats) of the target network: training-mode BN, no gradient."""
+    (_, z), upd = self.encoder.apply(target, x, train=True, mutable=["batch_stats"])
+    return jax.lax.stop_gradient(z), upd["batch_stats"]
+
+  def loss(self, params, state, views, key, step):
+    del key
+    crops = two_views(views, self.name)
+    # Each view is its own forward pass (own BN batch statistics), as the official code.
+    h1, z1, p1, stats = self._online(params, state["batch_stats"], crops[0])
+    _, _, p2, stats = self._online(params, stats, crops[1])
+    target = state["target"]
+    t1, t_stats = self._target(target, crops[0])
+    t2, t_stats = self._target({"params": target["params"], "batch_stats": t_stats}, crops[1])
+    loss = (byol_regression(p1, t2, parallel.DATA) + byol_regression(p2, t1, parallel.DATA))
+    metrics = {"embedding_std": embedding_std(z1, parallel.DATA), "features": h1,
+               "ema_momentum": cosine_momentum(self.base_momentum, step, self.total_steps)}
+    new_state = {"batch_stats": parallel.pmean_varying(stats),
+                 "target": {"params": target["params"], "batch_stats": parallel.pmean_varying(t_stats)}}
+    return loss, (new_state, metrics)
+
+  def after_update(self, params, state, step):
+    """xi <- tau xi + (1 - tau) theta with tau cosine from base_momentum to 1 (BYOL Sec. 3.1, Eq. 1)."""
+    tau = cosine_momentum(self.base_momentum, step, self.total_steps)
+    target = {**state["target"], "params": ema_update(state["target"]["params"], params["encoder"], tau)}
+    return {**state, "target": target}
+
+  def encode(self, params, state, images):
+    return self.encoder.apply({"params": params["encoder"], "batch_stats": state["batch_stats"]["encoder"]},
+                              images, train=False, method=Encoder.features)
