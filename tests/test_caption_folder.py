@@ -130,3 +130,30 @@ def test_text_and_loader(tmp_path):
   one_line_error(lambda: sources.get_source(
       cfg(tmp_path, text=dict(tokenizer="shapes", source="label_prompt")), "train"),
       "needs class labels")
+
+
+def test_class_folders_give_labels_for_mixed_text(tmp_path):
+  names = ("circle", "star")  # words the "shapes" tokenizer knows
+  for c, name in enumerate(names):
+    for k in range(5):
+      write_pair(str(tmp_path / name / "deeper"), f"{k}", 100 * c + k, f"picture {100 * c + k}")
+  c = cfg(tmp_path, class_folders=True, holdout_frac=0.2)
+  train, test = sources.get_source(c, "train"), sources.get_source(c, "test")
+  assert train.has_labels and train.class_names == names and train.num_classes == 2
+  assert (len(train), len(test)) == (8, 2) and sorted(test.labels.tolist()) == [0, 1]
+  for src in (train, test):
+    for i in range(len(src)):
+      ex, caps = src.get_with_captions(i)
+      assert int(ex["label"]) == int(caps[0].split()[1]) // 100  # the label of its class folder
+  plain = sources.get_source(cfg(tmp_path), "train")
+  assert not plain.has_labels and "label" not in plain[0]
+  text = dict(tokenizer="shapes", context_length=8, source="mixed", templates=("a {}.",))
+  mixed = sources.get_source(cfg(tmp_path, class_folders=True, holdout_frac=0.2, text=text), "train")
+  labels = [int(mixed[i]["text_label"]) for i in range(len(mixed))]
+  assert -1 in labels and max(labels) >= 0  # both captions and class prompts
+  for i, tl in enumerate(labels):
+    assert tl in (-1, int(mixed[i]["label"]))
+    if tl >= 0:
+      assert mixed.tokenizer.decode(mixed[i]["tokens"]) == f"a {names[tl]}."
+  write_pair(str(tmp_path), "loose", 7, "picture 7")
+  one_line_error(lambda: sources.get_source(c, "train"), "class_folders", "loose images")

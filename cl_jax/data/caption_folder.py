@@ -4,6 +4,9 @@
   root/train/**/a.jpg + a.txt and root/test/**/b.jpg + b.txt (or val/, validation/)
   root/**/a.jpg + a.txt    a fixed held-out test split: the round(holdout_frac * n) pairs first in
                            the hash order of their paths (the same split on every machine)
+  with class_folders=True (config data.class_folders): root[/train|/test]/<class>/**/a.jpg + a.txt,
+                           labelled by class folder (sorted names, the same for every split): image,
+                           caption and label for UniCL's "mixed" text
 Each non-empty line of a caption file is one caption (several lines: several captions of the image).
 Images are decoded on the host as in cl_jax/data/folder.py. An image without a caption file, an empty
 caption file or an unreadable image is skipped and counted (data.on_bad_image="skip"), or a one-line
@@ -46,12 +49,13 @@ def holdout_mask(keys: list[str], frac: float) -> np.ndarray:
 class CaptionFolderSource:
   """Grain-compatible random-access source of (image, captions) pairs in a folder (module doc)."""
 
-  has_labels = False
-  num_classes = None
-  class_names = None
+  has_labels: bool
+  num_classes: int | None
+  class_names: tuple[str, ...] | None
 
   def __init__(self, root: str, split: str, *, image_size: int, num_examples: int | None = None,
-               seed: int = 0, on_bad_image: str = "skip", holdout_frac: float = 0.1):
+               seed: int = 0, on_bad_image: str = "skip", holdout_frac: float = 0.1,
+               class_folders: bool = False):
     if split not in ("train", "test"):
       raise ValueError(f"Unknown split '{split}'; pass split='train' or split='test'.")
     if on_bad_image not in ("skip", "fail"):
@@ -66,10 +70,31 @@ class CaptionFolderSource:
     self.num_skipped = 0
     self._warned: set[str] = set()
     self._bad: set[int] = set()
+    self.class_folders = bool(class_folders)
+    self.class_names = None
     files = self._files_for_split(holdout_frac)
     keep = folder.subset_indices(len(files), num_examples, seed)
     self.files = [files[i] for i in keep]
     self.caption_files = [os.path.splitext(f)[0] + ".txt" for f in self.files]
+    self.has_labels = self.class_folders
+    self.num_classes = len(self.class_names) if self.class_names else None
+    self.labels = None
+    if self.class_folders:
+      index = {name: k for k, name in enumerate(self.class_names)}
+      self.labels = np.asarray([index[self._class_of(f)] for f in self.files], np.int32)
+
+  def _class_of(self, path: str) -> str:
+    return os.path.relpath(path, self._tree).split(os.sep)[0]
+
+  def _classes(self, tree: str) -> tuple[str, ...]:
+    """The class folder names of `tree` (class_folders=True); images directly in it are an error."""
+    names = tuple(folder.class_dirs(tree))
+    loose = folder.images_in(tree, recursive=False)
+    if not names or loose:
+      raise ValueError(f"data.class_folders=True needs {tree}/<class>/a.jpg + a.txt, but "
+                       f"{tree} has {'loose images' if loose else 'no class folders'}; arrange the "
+                       "pairs by class or set data.class_folders=False.")
+    return names
 
   def _pairs(self, directory: str) -> list[str]:
     """Images under `directory` that have a caption file; the others skipped or an error."""
@@ -97,11 +122,29 @@ class CaptionFolderSource:
     train_dir = os.path.join(root, "train")
     test_dir = next((os.path.join(root, d) for d in folder.TEST_DIRS
                      if os.path.isdir(os.path.join(root, d))), None)
-    if os.path.isdir(train_dir) and test_dir is not None:
-      return self._pairs(train_dir if self.split == "train" else test_dir)
     tree = train_dir if os.path.isdir(train_dir) else root
+    if self.class_folders:
+      self.class_names = self._classes(tree)
+    if os.path.isdir(train_dir) and test_dir is not None:
+      self._tree = train_dir if self.split == "train" else test_dir
+      if self.class_folders and self.split == "test":
+        unknown = sorted(set(self._classes(test_dir)) - set(self.class_names))
+        if unknown:
+          raise ValueError(f"{test_dir} has class folders not in train/: {', '.join(unknown[:5])}; "
+                           "use the same class folder names in both splits.")
+      return self._pairs(self._tree)
+    self._tree = tree
     files = self._pairs(tree)
-    test = holdout_mask([os.path.relpath(f, tree) for f in files], holdout_frac)
+    keys = [os.path.relpath(f, tree) for f in files]
+    if self.class_folders:  # hold out the same fraction of every class
+      test = np.zeros(len(files), bool)
+      by_class: dict[str, list[int]] = {}
+      for k, f in enumerate(files):
+        by_class.setdefault(self._class_of(f), []).append(k)
+      for members in by_class.values():
+        test[members] = holdout_mask([keys[k] for k in members], holdout_frac)
+    else:
+      test = holdout_mask(keys, holdout_frac)
     pick = test if self.split == "test" else ~test
     return [f for f, p in zip(files, pick) if p]
 
@@ -149,9 +192,13 @@ class CaptionFolderSource:
                      "skipped); check the files.")
 
   def get_with_captions(self, i: int) -> tuple[dict[str, np.ndarray], list[str]]:
-    """(example, its captions): image uint8 [S, S, 3] and index; the captions are the .txt lines."""
-    _, image, captions = self._read(i, decode=True)
-    return {"image": image, "index": np.asarray(int(i), np.int32)}, captions
+    """(example, its captions): image uint8 [S, S, 3], index (and label with class folders); the
+    captions are the .txt lines."""
+    j, image, captions = self._read(i, decode=True)
+    out = {"image": image, "index": np.asarray(int(i), np.int32)}
+    if self.labels is not None:
+      out["label"] = np.asarray(self.labels[j], np.int32)
+    return out, captions
 
   def captions_of(self, i: int) -> list[str]:
     """The captions of pair i (without decoding its image)."""

@@ -96,7 +96,7 @@ def images_in(directory: str, recursive: bool) -> list[str]:
   return sorted(found)
 
 
-def _class_dirs(directory: str) -> list[str]:
+def class_dirs(directory: str) -> list[str]:
   return sorted(d for d in os.listdir(directory)
                 if not d.startswith(".") and os.path.isdir(os.path.join(directory, d)))
 
@@ -104,7 +104,7 @@ def _class_dirs(directory: str) -> list[str]:
 def _scan(directory: str) -> tuple[tuple[str, ...] | None, list[str], list[int]]:
   """(class names, files, labels) of a class-folder tree; names None for a flat folder."""
   files, labels, names = [], [], []
-  for name in _class_dirs(directory):
+  for name in class_dirs(directory):
     found = images_in(os.path.join(directory, name), recursive=True)
     if found:
       labels.extend([len(names)] * len(found))

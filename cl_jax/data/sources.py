@@ -106,7 +106,8 @@ def _image_source(data_cfg: ml_collections.ConfigDict, split: str) -> Source:
 
     path = _nonempty(dataset, CAPTIONS_PREFIX, "/path/to/images_and_txt")
     return CaptionFolderSource(path, split, image_size=image_size, num_examples=cap, seed=seed,
-                               on_bad_image=on_bad_image, holdout_frac=holdout_frac)
+                               on_bad_image=on_bad_image, holdout_frac=holdout_frac,
+                               class_folders=bool(_get(data_cfg, "class_folders", False)))
   if dataset.startswith(WEBDATASET_PREFIX):
     from cl_jax.data.webdataset import WebDatasetSource  # pylint: disable=g-import-not-at-top
 
