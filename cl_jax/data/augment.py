@@ -109,16 +109,55 @@ def sample_crop_box(key: jax.Array, height: int, width: int, scale: tuple[float,
   return _crop_box(u, height, width, tuple(scale), tuple(ratio))
 
 
+def _resample_windows(start: jax.Array, length: jax.Array, in_size: int,
+                      size: int) -> tuple[jax.Array, jax.Array]:
+  """For each of `size` output pixels resampling pixels [start, start + length) of an axis of `in_size`:
+  the first of its `taps` consecutive source pixels [size] and their weights [size, taps].
+
+  The kernel is `jax.image.scale_and_translate(method="linear", antialias=True)`'s: a triangle (bilinear),
+  widened by the downscale factor when the crop shrinks (antialias), centred on the output pixel's centre,
+  taps outside the image dropped and the rest normalised to sum 1. A crop is at most the whole axis, so the
+  half-width is at most max(in_size / size, 1) and the non-zero taps fit in a static window of
+  ceil(2 * that) pixels, shifted inside the image at the borders.
+  """
+  taps = min(math.ceil(2 * max(in_size / size, 1.0)), in_size)
+  scale = jnp.asarray(length, jnp.float32) / size
+  half_width = jnp.maximum(scale, 1.0)
+  centre = jnp.asarray(start, jnp.float32) + (jnp.arange(size, dtype=jnp.float32) + 0.5) * scale - 0.5
+  first = jnp.floor(centre - half_width).astype(jnp.int32) + 1  # the first pixel strictly inside the kernel
+  first = jnp.clip(first, 0, in_size - taps)
+  index = (first[:, None] + jnp.arange(taps, dtype=jnp.int32)[None, :]).astype(jnp.float32)
+  weight = jnp.maximum(1.0 - jnp.abs(index - centre[:, None]) / half_width, 0.0)
+  return first, weight / jnp.sum(weight, axis=1, keepdims=True)
+
+
+def _resample_axis(x: jax.Array, axis: int, first: jax.Array, weight: jax.Array) -> jax.Array:
+  """out[i] = sum_t weight[i, t] * x[..., first[i] + t, ...] (along `axis`) as float32, with the output pixel
+  axis moved to the front: one gathered window of consecutive source pixels per output pixel."""
+  taps = weight.shape[1]
+  windows = jax.vmap(lambda f: lax.dynamic_slice_in_dim(x, f, taps, axis=axis))(first)  # [size, ...]
+  windows = to_float(windows)
+  w = weight.reshape(weight.shape[:1] + (1,) * (x.ndim - 1) + weight.shape[1:])
+  w = jnp.moveaxis(w, -1, axis + 1)
+  return sum(lax.index_in_dim(windows, t, axis + 1, keepdims=False)
+             * lax.index_in_dim(w, t, axis + 1, keepdims=False) for t in range(taps))
+
+
 def crop_and_resize(image: jax.Array, y0: jax.Array, x0: jax.Array, h: jax.Array, w: jax.Array,
                     size: int) -> jax.Array:
-  """Crop [y0:y0+h, x0:x0+w] (traced) and resize to [size, size] bilinearly (antialiased) in one call."""
-  image = to_float(image)
-  sy = size / jnp.asarray(h, jnp.float32)
-  sx = size / jnp.asarray(w, jnp.float32)
-  return jax.image.scale_and_translate(
-      image, (size, size, image.shape[-1]), (0, 1), jnp.stack([sy, sx]),
-      jnp.stack([-jnp.asarray(y0, jnp.float32) * sy, -jnp.asarray(x0, jnp.float32) * sx]),
-      method="linear", antialias=True)
+  """Crop [y0:y0+h, x0:x0+w] (traced) and resize to float32 [size, size, C] bilinearly with antialiasing.
+
+  Same values as `jax.image.scale_and_translate(method="linear", antialias=True)` of the whole image (so
+  output pixels at the crop's border interpolate with the pixels just outside it, where torchvision's
+  crop-then-resize clamps to the crop), but separable and gathered: each output column, then row, mixes only
+  its window of 2 source pixels (upscaling) or ceil(2 * downscale) (shrinking): O(size^2) work per view
+  instead of dense [size, H] resampling matrices. Columns are gathered from the (uint8) image before the cast.
+  """
+  height, width = image.shape[0], image.shape[1]
+  # Columns first, from the transposed image so that each window is a contiguous block; the transpose does
+  # not depend on the crop, so under make_views' vmap over views it is done once per image.
+  cols = _resample_axis(jnp.swapaxes(image, 0, 1), 0, *_resample_windows(x0, w, width, size))  # [size, H, C]
+  return _resample_axis(cols, 1, *_resample_windows(y0, h, height, size))  # [size (y), size (x), C]
 
 
 def random_resized_crop(image: jax.Array, key: jax.Array, *, size: int,
@@ -166,6 +205,56 @@ def hsv_to_rgb(hsv: jax.Array) -> jax.Array:
   return jnp.stack([v * (1.0 - s + s * dc) for dc in d], axis=-1)
 
 
+# Colour ops work on a tuple of three [H, W] planes: an op whose every channel depends on all three (saturation,
+# hue) would otherwise, once XLA fuses a chain of them into one elementwise loop, recompute its input once per
+# output channel, 3^k times for a chain of k ops; separate planes are computed once per pixel.
+Planes = tuple[jax.Array, jax.Array, jax.Array]
+
+
+def _planes(image: jax.Array) -> Planes:
+  return image[..., 0], image[..., 1], image[..., 2]
+
+
+def _value_spread(rgb: Planes) -> tuple[jax.Array, jax.Array]:
+  """HSV value (max over channels) and max - min."""
+  r, g, b = rgb
+  value = jnp.maximum(jnp.maximum(r, g), b)
+  return value, value - jnp.minimum(jnp.minimum(r, g), b)
+
+
+def _plane_mean(plane: jax.Array) -> jax.Array:
+  """Mean over the two spatial axes, summed one axis at a time (faster on XLA:CPU than one 2-axis reduce)."""
+  return jnp.sum(jnp.sum(plane, axis=-1), axis=-1) / (plane.shape[-2] * plane.shape[-1])
+
+
+def _saturation_gain(rgb: Planes, factor: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(gain, value) [H, W] such that value + gain * (c - value) for each channel c scales the HSV saturation by
+  `factor` (clipped to [0, 1]) at fixed hue and value.
+
+  With v = max, spread = max - min over channels, HSV -> RGB is c = v - spread * (1 - d_c(hue)), so scaling
+  s = spread / v to s' = min(s * factor, 1) moves every channel towards v by s' / s = min(factor, v / spread).
+  """
+  value, spread = _value_spread(rgb)
+  gain = jnp.where(spread > 0, jnp.minimum(factor, value / jnp.where(spread > 0, spread, 1.0)), 1.0)
+  return gain, value
+
+
+def _hue_planes(rgb: Planes, delta: jax.Array) -> Planes:
+  """Rotate the HSV hue by delta turns: hue from RGB, shifted, back to RGB at the same max and max - min."""
+  r, g, b = rgb
+  value, spread = _value_spread(rgb)
+  safe = jnp.where(spread > 0, spread, 1.0)
+  hue = jnp.where(r == value, (g - b) / safe,
+                  jnp.where(g == value, 2.0 + (b - r) / safe, 4.0 + (r - g) / safe))
+  dh = hue + 6.0 * delta  # in sixths of a turn, wrapped to [0, 6) with floor (jnp.mod is far slower on CPU)
+  dh = dh - 6.0 * jnp.floor(dh / 6.0)
+  # hsv_to_rgb's piecewise-linear channel curves d_c, with v * s = spread: c = v - spread * (1 - d_c).
+  d = (jnp.clip(jnp.abs(dh - 3.0) - 1.0, 0.0, 1.0),
+       jnp.clip(2.0 - jnp.abs(dh - 2.0), 0.0, 1.0),
+       jnp.clip(2.0 - jnp.abs(dh - 4.0), 0.0, 1.0))
+  return tuple(value - spread * (1.0 - dc) for dc in d)
+
+
 def adjust_brightness(image: jax.Array, factor: jax.Array) -> jax.Array:
   """x * factor (SimCLR v2 `random_brightness`, impl='simclrv2')."""
   return image * factor
@@ -177,42 +266,68 @@ def adjust_contrast(image: jax.Array, factor: jax.Array) -> jax.Array:
   return (image - mean) * factor + mean
 
 
-def _adjust_hsv(image: jax.Array, saturation_factor: jax.Array, hue_delta: jax.Array) -> jax.Array:
-  """Scale saturation (clipped to [0, 1]) and rotate hue (mod 1) in HSV space."""
-  hsv = rgb_to_hsv(image)
-  h = jnp.mod(hsv[..., 0] + hue_delta, 1.0)
-  s = jnp.clip(hsv[..., 1] * saturation_factor, 0.0, 1.0)
-  return hsv_to_rgb(jnp.stack([h, s, hsv[..., 2]], axis=-1))
-
-
 def adjust_saturation(image: jax.Array, factor: jax.Array) -> jax.Array:
-  """Multiply HSV saturation by factor (tf.image.adjust_saturation)."""
-  return _adjust_hsv(image, factor, 0.0)
+  """Multiply HSV saturation by factor, clipped to [0, 1] (tf.image.adjust_saturation), without leaving RGB."""
+  rgb = _planes(image)
+  gain, value = _saturation_gain(rgb, factor)
+  return jnp.stack([value + gain * (c - value) for c in rgb], axis=-1)
 
 
 def adjust_hue(image: jax.Array, delta: jax.Array) -> jax.Array:
-  """Rotate the HSV hue by delta (in turns, tf.image.adjust_hue)."""
-  return _adjust_hsv(image, 1.0, delta)
+  """Rotate the HSV hue by delta turns (tf.image.adjust_hue)."""
+  return jnp.stack(_hue_planes(_planes(image), delta), axis=-1)
+
+
+# For each of the 4! orders (0 brightness, 1 contrast, 2 saturation, 3 hue): where hue comes, and the other
+# three ops in their order.
+_HUE_POSITION = np.argmax(_ORDERS == 3, axis=1).astype(np.int32)
+_NON_HUE = np.stack([order[order != 3] for order in _ORDERS]).astype(np.int32)
+
+
+def _blend_op(rgb: Planes, op: jax.Array, fb: jax.Array, fc: jax.Array, fs: jax.Array) -> Planes:
+  """clip(ref + a * (c - ref)) per channel c: brightness (op 0: ref 0, a fb), contrast (1: ref the channel's
+  mean, a fc), saturation (2: ref the pixel's max, a its gain) or nothing (any other op: a 1)."""
+  gain, value = _saturation_gain(rgb, fs)
+  alpha = jnp.where(op == 2, gain, jnp.where(op == 0, fb, jnp.where(op == 1, fc, 1.0)))
+  out = []
+  for c in rgb:
+    ref = jnp.where(op == 2, value, jnp.where(op == 1, _plane_mean(c), 0.0))
+    out.append(jnp.clip(ref + alpha * (c - ref), 0.0, 1.0))
+  return tuple(out)
 
 
 def _jitter(image: jax.Array, u: jax.Array, *, strength: float, brightness: float, contrast: float,
             saturation: float, hue: float, p: Probability) -> jax.Array:
-  """`color_jitter` from 6 uniforms: coin, order, brightness, contrast, saturation, hue."""
+  """`color_jitter` from 6 uniforms: coin, order, brightness, contrast, saturation, hue.
+
+  Brightness, contrast and saturation are each one blend `ref + a * (c - ref)` (`_blend_op`), so the order is
+  a chain of blend slots around the one hue rotation: the three non-hue ops in their order, each in a slot
+  before the hue (if it comes before it) or after it. Under vmap every slot runs for every image (a select,
+  not a branch), so this costs 6 cheap blends + 1 hue, instead of 4 positions x every op with RGB <-> HSV.
+  """
   b, c, s, h = brightness * strength, contrast * strength, saturation * strength, hue * strength
-  order = jnp.asarray(_ORDERS)[jnp.minimum(jnp.floor(u[1] * 24).astype(jnp.int32), 23)]
+  which = jnp.minimum(jnp.floor(u[1] * 24).astype(jnp.int32), 23)
+  hue_at = jnp.asarray(_HUE_POSITION)[which]
+  others = jnp.asarray(_NON_HUE)[which]
   fb = _between(u[2], max(1.0 - b, 0.0), 1.0 + b)
   fc = _between(u[3], max(1.0 - c, 0.0), 1.0 + c)
   fs = _between(u[4], max(1.0 - s, 0.0), 1.0 + s)
   dh = _between(u[5], -h, h)
 
-  def step(i: jax.Array, x: jax.Array) -> jax.Array:
-    op = order[i]  # 0 brightness, 1 contrast, 2 saturation, 3 hue; 2 and 3 share one HSV branch.
-    branches = [lambda y: adjust_brightness(y, fb),
-                lambda y: adjust_contrast(y, fc),
-                lambda y: _adjust_hsv(y, jnp.where(op == 2, fs, 1.0), jnp.where(op == 3, dh, 0.0))]
-    return jnp.clip(lax.switch(jnp.minimum(op, 2), branches, x), 0.0, 1.0)
+  def before(j: jax.Array, rgb: Planes) -> Planes:
+    return _blend_op(rgb, jnp.where(j < hue_at, others[j], -1), fb, fc, fs)
 
-  return _maybe_apply(lambda x: lax.fori_loop(0, 4, step, x), image, u[0], p)
+  def after(j: jax.Array, rgb: Planes) -> Planes:
+    return _blend_op(rgb, jnp.where(j >= hue_at, others[j], -1), fb, fc, fs)
+
+  def jitter(x: jax.Array) -> jax.Array:
+    # Loops, not unrolled Python: a loop carry is materialised, which stops XLA from fusing the slots into one
+    # elementwise expression that re-evaluates each slot's input per channel of its output (3^6 on CPU).
+    rgb = lax.fori_loop(0, 3, before, _planes(x))
+    rgb = tuple(jnp.clip(c, 0.0, 1.0) for c in _hue_planes(rgb, dh))
+    return jnp.stack(lax.fori_loop(0, 3, after, rgb), axis=-1)
+
+  return _maybe_apply(jitter, image, u[0], p)
 
 
 def color_jitter(image: jax.Array, key: jax.Array, *, strength: float = 1.0, brightness: float = 0.8,
