@@ -89,3 +89,21 @@ def is_varying(x: jax.Array, axis_name: str = DATA) -> bool:
 def pmean_varying(tree: Any, axis_name: str = DATA) -> Any:
   """Averages the leaves that differ across devices, leaving replicated leaves untouched."""
   return jax.tree.map(lambda x: jax.lax.pmean(x, axis_name) if is_varying(x, axis_name) else x, tree)
+
+
+def zero_specs(tree: Any, specs: Any, num_devices: int) -> Any:
+  """ZeRO-style storage specs: each leaf whose spec is replicated (P()) is split over 'data' along its largest
+  axis divisible by `num_devices` (kept replicated if none is); leaves already sharded keep their spec.
+  `specs` may be a prefix of `tree` (e.g. one P() for a whole subtree)."""
+  def leaf_spec(x: Any, spec: P) -> P:
+    if spec != P() or not getattr(x, "ndim", 0):
+      return spec
+    axes = [a for a in range(x.ndim) if x.shape[a] % num_devices == 0]
+    if not axes:
+      return spec
+    axis = max(axes, key=lambda a: x.shape[a])
+    return P(*([None] * axis), DATA)
+
+  is_spec = lambda x: isinstance(x, P)
+  return jax.tree.map(lambda spec, sub: jax.tree.map(lambda x: leaf_spec(x, spec), sub), specs, tree,
+                      is_leaf=is_spec)

@@ -104,13 +104,27 @@ def init_state(run: Run) -> tuple[TrainState, Any]:
     probe_params = online_probe.init(key, feats.shape[-1], run.train_source.num_classes)
     state["probe"] = {"params": probe_params, "opt_state": online_probe.optimizer().init(probe_params)}
     specs["probe"] = P()
-  shardings = jax.tree.map(lambda s: jax.sharding.NamedSharding(run.mesh, s), specs,
-                           is_leaf=lambda x: isinstance(x, P))
-  return jax.device_put(state, shardings), specs
+  return jax.device_put(state, _named(run, storage_specs(run, state, specs))), specs
 
 
-def make_train_step(run: Run, specs: Any) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, Any]]:
-  """jit(shard_map(per-device step)): batch sharded over 'data', state laid out by `specs`, state donated."""
+def storage_specs(run: Run, state: TrainState, specs: Any) -> Any:
+  """Where the state lives between steps: as `specs`, except that with config.parallel.shard_state the replicated
+  leaves of the optimizer and method state (moments, EMA targets, batch statistics) are split ZeRO-style over
+  'data' (1/n of their bytes per device); the step all-gathers them on entry, as its in_specs ask."""
+  if not run.config.get("parallel", {}).get("shard_state", False):
+    return specs
+  return {**specs, **{k: parallel.zero_specs(state[k], specs[k], run.mesh.size) for k in ("opt_state",
+                                                                                         "method_state")}}
+
+
+def _named(run: Run, specs: Any) -> Any:
+  return jax.tree.map(lambda s: jax.sharding.NamedSharding(run.mesh, s), specs, is_leaf=lambda x: isinstance(x, P))
+
+
+def make_train_step(run: Run, specs: Any, state: TrainState | None = None
+                    ) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, Any]]:
+  """jit(shard_map(per-device step)): batch sharded over 'data', state laid out by `specs` inside the step and
+  stored between steps as `storage_specs` (pass the initial `state` when config.parallel.shard_state), donated."""
   method, tx, recipe, seed = run.method, run.tx, run.config.augment, run.config.seed
   probe_tx = online_probe.optimizer()
 
@@ -142,8 +156,15 @@ def make_train_step(run: Run, specs: Any) -> Callable[[TrainState, dict[str, jax
       metrics.update(probe_metrics)
     return new_state, parallel.pmean_varying({"loss": loss, **metrics})
 
+  stored = specs
+  if run.config.get("parallel", {}).get("shard_state", False):
+    if state is None:
+      raise ValueError("config.parallel.shard_state needs the initial state: make_train_step(run, specs, state).")
+    stored = storage_specs(run, state, specs)
   return jax.jit(jax.shard_map(per_device, mesh=run.mesh, in_specs=(specs, P(parallel.DATA)),
-                               out_specs=(specs, P())), donate_argnums=(0,))
+                               out_specs=(specs, P())),
+                 in_shardings=(_named(run, stored), parallel.sharded(run.mesh)),
+                 out_shardings=(_named(run, stored), parallel.replicated(run.mesh)), donate_argnums=(0,))
 
 
 def make_encode(run: Run, specs: Any) -> Callable[[TrainState, jax.Array], jax.Array]:
@@ -271,7 +292,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   run = build_run(config)
   workdir_lib.write_config(workdir, config)
   state, specs = init_state(run)
-  train_step = make_train_step(run, specs)
+  train_step = make_train_step(run, specs, state)
   monitors = [get_monitor(name) for name in config.eval.get("monitors", ("knn",))]
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.get("keep_checkpoints", 3))
   best_ckpt = (checkpoint.BestCheckpointer(os.path.join(workdir, "checkpoints_best"), config.best_metric,
@@ -324,6 +345,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       stop = guard.should_stop()
       is_log = step % log_every == 0 or step == run.total_steps
       is_ckpt = step % ckpt_every == 0 or step == run.total_steps or stop
+      if step == start + 1 and not is_log:   # images/s leaves out the first step's compilation
+        jax.block_until_ready(state["step"])
+        timer.reset(step)
       if is_log or is_ckpt:
         metrics = jax.tree.map(float, jax.device_get(metrics))
         _check_finite(metrics["loss"], step, ckpt)
