@@ -83,7 +83,7 @@ unseen = np.array([(int(l), int(c)) in held_ids for l, c in zip(data['label'], d
 for name, mask in (('seen', ~unseen), ('unseen', unseen)):
     acc = zeroshot.zeroshot_accuracy(data['embedding'][mask], data['label'][mask], classes, ks=(1,))[1]
     print(f'zero-shot top-1 on {name} compositions: {acc:.1f}% of {mask.sum()} test images (chance 10%)')
-fig, axes = plt.subplots(2, 6, figsize=(15, 6))
+fig, axes = plt.subplots(2, 6, figsize=(15, 7.5))
 for row, mask in enumerate((~unseen, unseen)):
     for ax, i in zip(axes[row], np.flatnonzero(mask)[:6]):
         top = np.argsort(-probs[i])[:3]
