@@ -54,7 +54,8 @@ def build_run(config: ml_collections.ConfigDict) -> Run:
   with data_cfg.unlocked():
     data_cfg.dataset = config.dataset
   train_source = sources.get_source(data_cfg, "train")
-  test_source = sources.get_source(data_cfg, "test") if train_source.has_labels else None
+  has_test = train_source.has_labels or hasattr(train_source, "captions_of")   # kNN/zero-shot, or retrieval
+  test_source = sources.get_source(data_cfg, "test") if has_test else None
   if config.get("online_probe", False) and not train_source.has_labels:
     raise ValueError(f"online_probe needs labels but {config.dataset} has none; set online_probe=False.")
   steps_per_epoch = len(train_source) // config.batch_size

@@ -84,7 +84,10 @@ def make_loader(source: Any, *, global_batch: int, seed: int, shuffle: bool,
     dataset = grain.MapDataset.source(source)
     if shuffle:
       dataset = dataset.shuffle(seed=seed)   # before repeat: a fresh permutation every epoch
-    dataset = HostRows(dataset.repeat(num_epochs), global_batch, batch, process_index)
+    dataset = dataset.repeat(num_epochs)
+    if hasattr(source, "epoch_text"):   # captioned sources re-pick each example's text every epoch
+      dataset = dataset.map_with_index(source.epoch_text())
+    dataset = HostRows(dataset, global_batch, batch, process_index)
     return Loader(dataset.batch(batch, drop_remainder=True), worker_count)
   start, end = host_block(len(source), process_index, process_count, drop_remainder)
   shard = HostShard(source, start, end)
