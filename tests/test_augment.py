@@ -93,6 +93,45 @@ def test_full_crop_is_identity_and_known_crop_matches_slice():
   np.testing.assert_allclose(np.mean(up), np.mean(np.asarray(x)[3:9, 2:8]), atol=0.05)
 
 
+def _scale_and_translate_crop(image, y0, x0, h, w, size):
+  """The previous implementation: jax.image.scale_and_translate of the whole image (dense weight matrices)."""
+  sy, sx = size / h, size / w
+  return jax.image.scale_and_translate(A.to_float(image), (size, size, 3), (0, 1), jnp.array([sy, sx]),
+                                       jnp.array([-y0 * sy, -x0 * sx]), method="linear", antialias=True)
+
+
+@pytest.mark.parametrize("height,width,size,scale", [
+    (32, 32, 32, (0.08, 1.0)),    # upscaling only: 2 taps
+    (64, 48, 24, (0.08, 1.0)),    # down to 2.7x: antialiased, 6 taps; non-square image
+    (40, 40, 17, (0.5, 1.0)),     # non-integer factors
+])
+def test_crop_and_resize_matches_scale_and_translate(height, width, size, scale):
+  image = jnp.asarray(np.random.RandomState(height).randint(0, 256, (height, width, 3)), jnp.uint8)
+  boxes = [np.asarray(b) for b in jax.vmap(
+      lambda k: A.sample_crop_box(k, height, width, scale))(_keys(24, seed=size))]
+  got = jax.jit(jax.vmap(lambda *b: A.crop_and_resize(image, *b, size)))(*map(jnp.asarray, boxes))
+  for i, box in enumerate(zip(*boxes)):
+    ref = _scale_and_translate_crop(image, *(float(v) for v in box), size)
+    np.testing.assert_allclose(got[i], ref, atol=2e-5)
+  assert got.dtype == jnp.float32 and got.shape == (24, size, size, 3)
+
+
+def test_crop_and_resize_upscale_is_bilinear():
+  """Upscaling: separable linear interpolation at pixel centres, clamped at the image edge (np.interp)."""
+  x = np.random.RandomState(4).uniform(size=(20, 20, 3))
+  for y0, x0, h, w, size in [(3, 5, 7, 9, 16), (0, 0, 20, 20, 31), (12, 1, 8, 6, 8)]:
+    ys = y0 + (np.arange(size) + 0.5) * h / size - 0.5
+    xs = x0 + (np.arange(size) + 0.5) * w / size - 0.5
+    grid = np.arange(20)
+    rows = np.stack([np.stack([np.interp(ys, grid, x[:, j, c]) for j in range(20)], 1)
+                     for c in range(3)], -1)  # [size, 20, 3]
+    ref = np.stack([np.stack([np.interp(xs, grid, rows[i, :, c]) for i in range(size)], 0)
+                    for c in range(3)], -1)   # [size, size, 3]
+    got = A.crop_and_resize(jnp.asarray(x, jnp.float32), jnp.int32(y0), jnp.int32(x0), jnp.int32(h),
+                            jnp.int32(w), size)
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+
+
 def test_same_key_same_output_different_key_different():
   x = _rand((16, 16, 3))
   @jax.jit
@@ -179,7 +218,7 @@ def _np_jitter(x, order, fb, fc, fs, dh):
 def test_color_jitter_random_order_matches_reference():
   assert len({tuple(o) for o in A._ORDERS}) == 24 and sorted(A._ORDERS[5]) == [0, 1, 2, 3]
   x = _rand((4, 4, 3), seed=2)
-  picks = [0, 9, 23]
+  picks = list(range(24))  # every order: the hue's position and the other three ops' order
   # uniforms: coin, order, brightness, contrast, saturation, hue (strength 1: b = c = s = 0.8, h = 0.2)
   us = jnp.asarray([[0.0, (k + 0.5) / 24, 0.9, 0.1, 0.95, 0.8] for k in picks], jnp.float32)
   jitter = jax.jit(jax.vmap(lambda u: A._jitter(x, u, strength=1.0, brightness=0.8, contrast=0.8,
@@ -189,7 +228,19 @@ def test_color_jitter_random_order_matches_reference():
     ref = _np_jitter(np.asarray(x, np.float64), A._ORDERS[k], 0.2 + 1.6 * 0.9, 0.2 + 1.6 * 0.1,
                      0.2 + 1.6 * 0.95, -0.2 + 0.4 * 0.8)
     np.testing.assert_allclose(out, ref, atol=1e-5)
-  assert np.abs(outs[0] - outs[2]).max() > 1e-2  # the order matters for these factors
+  assert np.abs(outs[0] - outs[23]).max() > 1e-2  # the order matters for these factors
+
+
+def test_saturation_and_hue_in_rgb_match_colorsys():
+  rgb = np.random.RandomState(1).uniform(size=(400, 3))
+  rgb[:4] = [[0, 0, 0], [0.5, 0.5, 0.5], [1, 0, 0], [0.9, 0.85, 0.8]]  # gray pixels keep their value
+  for factor in (0.0, 0.4, 1.7, 5.0):  # 5: s * factor > 1 for most pixels, clipped to 1
+    ref = [colorsys.hsv_to_rgb(h, min(s * factor, 1.0), v) for h, s, v in
+           (colorsys.rgb_to_hsv(*p) for p in rgb)]
+    np.testing.assert_allclose(A.adjust_saturation(jnp.asarray(rgb, jnp.float32), factor), ref, atol=2e-6)
+  for delta in (-0.2, 0.05, 0.5, 0.93):
+    ref = [colorsys.hsv_to_rgb((h + delta) % 1.0, s, v) for h, s, v in (colorsys.rgb_to_hsv(*p) for p in rgb)]
+    np.testing.assert_allclose(A.adjust_hue(jnp.asarray(rgb, jnp.float32), delta), ref, atol=2e-6)
 
 
 def test_hsv_against_colorsys():

@@ -92,6 +92,11 @@ def test_augment_views_and_torchvision_field(gemm_peak):
     assert "torchvision is not installed" in row["note"]
   else:
     assert row["torchvision_views_per_sec"] > 0 and row["ratio_vs_torchvision"] > 0
+    assert row["ratio_vs_torchvision"] == pytest.approx(row["views_per_sec"] / row["torchvision_views_per_sec"])
+    assert row["best_ratio_vs_torchvision"] == pytest.approx(
+        row["best_views_per_sec"] / row["best_torchvision_views_per_sec"])
+    assert row["best_torchvision_views_per_sec"] >= row["torchvision_views_per_sec"]
+  assert row["best_views_per_sec"] >= row["views_per_sec"]   # best round vs median round
 
 
 def test_compiled_flops_and_memory_of_a_matmul():
@@ -135,6 +140,13 @@ def test_time_ms_takes_the_median_after_warmup(monkeypatch):
   assert len(calls) == 5
   with pytest.raises(ValueError, match="repeats"):
     bench.time_ms(lambda: None, repeats=0)
+
+
+def test_time_rounds_returns_every_round_in_ms(monkeypatch):
+  ticks = iter([0.0, 0.5, 1.0, 3.0, 10.0, 10.25, 11.0, 12.0])   # a: 0.5 s, 0.25 s; b: 2 s, 1 s
+  monkeypatch.setattr(bench.time, "perf_counter", lambda: next(ticks))
+  times = bench.time_rounds({"a": lambda: None, "b": lambda: None}, repeats=2, warmup=0)
+  assert times == {"a": [500.0, 250.0], "b": [2000.0, 1000.0]}
 
 
 def test_time_interleaved_runs_each_call_once_per_round():
