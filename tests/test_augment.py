@@ -116,6 +116,14 @@ def test_crop_and_resize_matches_scale_and_translate(height, width, size, scale)
   assert got.dtype == jnp.float32 and got.shape == (24, size, size, 3)
 
 
+def test_crop_and_resize_flip_mirrors_the_output():
+  x = _rand((20, 24, 3), seed=5)
+  box = (jnp.int32(2), jnp.int32(3), jnp.int32(15), jnp.int32(11))
+  plain = np.asarray(A.crop_and_resize(x, *box, 9))
+  np.testing.assert_allclose(A.crop_and_resize(x, *box, 9, flip=jnp.bool_(True)), plain[:, ::-1], atol=1e-6)
+  np.testing.assert_array_equal(A.crop_and_resize(x, *box, 9, flip=jnp.bool_(False)), plain)
+
+
 def test_crop_and_resize_upscale_is_bilinear():
   """Upscaling: separable linear interpolation at pixel centres, clamped at the image edge (np.interp)."""
   x = np.random.RandomState(4).uniform(size=(20, 20, 3))

@@ -144,7 +144,7 @@ def _resample_axis(x: jax.Array, axis: int, first: jax.Array, weight: jax.Array)
 
 
 def crop_and_resize(image: jax.Array, y0: jax.Array, x0: jax.Array, h: jax.Array, w: jax.Array,
-                    size: int) -> jax.Array:
+                    size: int, flip: jax.Array | bool = False) -> jax.Array:
   """Crop [y0:y0+h, x0:x0+w] (traced) and resize to float32 [size, size, C] bilinearly with antialiasing.
 
   Same values as `jax.image.scale_and_translate(method="linear", antialias=True)` of the whole image (so
@@ -152,11 +152,17 @@ def crop_and_resize(image: jax.Array, y0: jax.Array, x0: jax.Array, h: jax.Array
   crop-then-resize clamps to the crop), but separable and gathered: each output column, then row, mixes only
   its window of 2 source pixels (upscaling) or ceil(2 * downscale) (shrinking): O(size^2) work per view
   instead of dense [size, H] resampling matrices. Columns are gathered from the (uint8) image before the cast.
+  `flip` (traced bool) mirrors the output left-right by reversing the column windows: the same values as
+  `out[:, ::-1]`, without a second pass over the view (under vmap a flip of the output would be a select
+  between two evaluations of the resampling).
   """
   height, width = image.shape[0], image.shape[1]
+  first, weight = _resample_windows(x0, w, width, size)
+  first = jnp.where(flip, first[::-1], first)
+  weight = jnp.where(flip, weight[::-1], weight)
   # Columns first, from the transposed image so that each window is a contiguous block; the transpose does
   # not depend on the crop, so under make_views' vmap over views it is done once per image.
-  cols = _resample_axis(jnp.swapaxes(image, 0, 1), 0, *_resample_windows(x0, w, width, size))  # [size, H, C]
+  cols = _resample_axis(jnp.swapaxes(image, 0, 1), 0, first, weight)  # [size, H, C]
   return _resample_axis(cols, 1, *_resample_windows(y0, h, height, size))  # [size (y), size (x), C]
 
 
@@ -462,8 +468,7 @@ def _augment_view(image: jax.Array, key: jax.Array, cfg: ml_collections.ConfigDi
   u_crop, u_flip, u_jitter, u_gray, u_blur, u_solar = jnp.split(
       u, np.cumsum([2 * _CROP_TRIES + 2, 1, 6, 1, 2]))
   y0, x0, h, w = _crop_box(u_crop, image.shape[0], image.shape[1], cfg.scale, cfg.ratio)
-  x = crop_and_resize(image, y0, x0, h, w, cfg.size)
-  x = _flip(x, u_flip, cfg.flip_p)
+  x = crop_and_resize(image, y0, x0, h, w, cfg.size, flip=u_flip[0] < cfg.flip_p)  # flip as `_flip` does
   x = _jitter(x, u_jitter, strength=cfg.jitter_strength, brightness=0.8, contrast=0.8, saturation=0.8,
               hue=0.2, p=cfg.jitter_p)
   x = _grayscale(x, u_gray, cfg.grayscale_p)
