@@ -1,11 +1,14 @@
 """DINO on the embedded shapes (Caron et al. 2021), scaled down for a few CPU minutes.
 
-Multi-crop with 2 global crops (scale 0.4-1) and 2 local crops (scale 0.1-0.4), all at 32 px: resnet_tiny's
-'imagenet' stem needs >= 32 px inputs and the 'small' stem that takes 16 px crops costs ~2.5x more per image.
-A small head (256-256-64 -> 1024 outputs instead of 2048-2048-256 -> 65,536: at 65,536 the head costs more than
-this backbone), batch 128 for 351 steps, a faster EMA teacher (momentum 0.99 -> 1 instead of 0.996 for a short
-run) and teacher temperature 0.04; AdamW with weight decay 0.04 -> 0.4 (cosine), clipping 3.0 and the last
-layer frozen for the first epoch, as the paper.
+Multi-crop with 2 global crops (scale 0.5-1; blur p 1.0 / 0.1, solarize p 0 / 0.2, as the paper) and 2 local
+crops (scale 0.25-0.6, blur p 0.5), all at 32 px: resnet_tiny's 'imagenet' stem needs >= 32 px inputs and the
+'small' stem that takes 16 px crops costs ~2.5x more per image. A small head (256-256-64 -> 1024 outputs
+instead of 2048-2048-256 -> 65,536: at that size the head costs more than this backbone), batch 128 for 351
+steps, a faster EMA teacher (momentum 0.99 -> 1 instead of 0.996) and teacher temperature 0.04; AdamW lr 2e-3
+with weight decay 0.04 -> 0.4 (cosine), clipping 3.0 and the last layer frozen for the first epoch.
+
+Measured (loaded machine): teacher kNN top-1 17.55% -> 16.60% after 351 steps, no collapse (teacher entropy
+~5 of log 1024 = 6.9, KL ~0.7). The quick-start target (+10 points) is NOT reached with these settings.
 """
 import ml_collections
 
@@ -18,8 +21,8 @@ def apply(c: ml_collections.ConfigDict) -> None:
                   warmup_teacher_temp_epochs=0, center_momentum=0.9)
   common = dict(size=32, jitter_strength=0.5, grayscale_p=0.2)
   c.augment = ml_collections.ConfigDict({
-      "global": group(views=2, scale=(0.5, 1.0), blur_p=(0.0,), solarize_p=(0.0,), **common),
-      "local": group(views=2, scale=(0.25, 0.6), blur_p=(0.0,), **common),
+      "global": group(views=2, scale=(0.5, 1.0), blur_p=(1.0, 0.1), solarize_p=(0.0, 0.2), **common),
+      "local": group(views=2, scale=(0.25, 0.6), blur_p=(0.5,), **common),
   })
   c.batch_size = 128
   steps_per_epoch = c.data.num_train // c.batch_size
