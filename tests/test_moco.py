@@ -85,24 +85,31 @@ def test_shuffle_bn_runs_per_device_statistics_on_the_shuffled_batch_and_unshuff
   np.testing.assert_array_equal(np.asarray(one(x)), x * 2)   # one device: a no-op
 
 
+def _moco(name, bn, bn_splits):
+  c = mh.config(dict(name=name, temperature=0.2, momentum=0.9, queue_size=128, proj_hidden=32, proj_dim=16,
+                     shuffle_bn=True, bn_splits=bn_splits))
+  c.model.bn = bn
+  return c, get_method(c)
+
+
 @pytest.fixture(scope="module", params=["moco_v2"])
 def moco_setup(request):
-  c = mh.config(dict(name=request.param, temperature=0.2, momentum=0.9, queue_size=64, proj_hidden=32,
-                     proj_dim=16, shuffle_bn=True))
-  method = get_method(c)
-  views = mh.batch_views(c, 16)
+  c, method = _moco(request.param, "local", 1)
+  views = mh.batch_views(c, 32)
   params, state = jax.jit(method.init)(jax.random.key(0, impl="rbg"), views)
-  one = mh.run_step(method, params, state, views, parallel.make_mesh(1))
+  one = mh.run_step(_moco(request.param, "local", 8)[1], params, state, views, parallel.make_mesh(1))
   return method, params, state, views, one
 
 
 def test_moco_step_eight_devices_equal_one_loss_grads_queue(moco_setup):
-  """Sync BN: the shuffled key batch on 8 devices gives the same loss, gradient, queue and key encoder as 1."""
+  """8 devices with per-device BN and Shuffle BN == 1 device with 8 BN groups (bn_splits=8, the official one-GPU
+  emulation) and the batch shuffled over them: same loss, gradient, queue, key encoder and BN statistics."""
   method, params, state, views, one = moco_setup
   eight = mh.run_step(method, params, state, views, parallel.make_mesh())
   np.testing.assert_allclose(float(eight[0]), float(one[0]), rtol=1e-5)
-  mh.assert_trees_close(eight[1], one[1], rtol=1e-3, atol=1e-5)
-  mh.assert_trees_close(eight[3], one[3], rtol=1e-4, atol=1e-6)
+  # BN over groups of 4 rows amplifies float32 summation-order differences in the gradient (measured <= 3e-5).
+  mh.assert_trees_close(eight[1], one[1], rtol=1e-3, atol=1e-4)
+  mh.assert_trees_close(eight[3], one[3], rtol=1e-4, atol=1e-5)
 
 
 def test_moco_step_pushes_keys_into_the_queue_and_updates_key_encoder(moco_setup):
@@ -110,10 +117,10 @@ def test_moco_step_pushes_keys_into_the_queue_and_updates_key_encoder(moco_setup
   loss, grads, metrics, new = one
   assert np.isfinite(float(loss)) and 0 < float(metrics["embedding_std"]) < 1
   queue, old = np.asarray(new["queue"]), np.asarray(state["queue"])
-  assert int(new["ptr"]) == 16
-  np.testing.assert_array_equal(queue[16:], old[16:])                       # untouched rows
-  np.testing.assert_allclose(np.linalg.norm(queue[:16], axis=1), 1.0, rtol=1e-5)   # fresh unit keys
-  assert not np.allclose(queue[:16], old[:16])
+  assert int(new["ptr"]) == 32
+  np.testing.assert_array_equal(queue[32:], old[32:])                       # untouched rows
+  np.testing.assert_allclose(np.linalg.norm(queue[:32], axis=1), 1.0, rtol=1e-5)   # fresh unit keys
+  assert not np.allclose(queue[:32], old[:32])
   # m = 0.9 after a step with unchanged params: key params equal the (identical) query params.
   mh.assert_trees_close(new["key_params"], params)
 
@@ -125,7 +132,7 @@ def test_moco_few_steps_finite_and_queue_wraps(moco_setup):
     loss, grads, _, state = mh.run_step(method, params, state, views, mesh, step=step)
     params = jax.tree.map(lambda p, g: p - 0.05 * g, params, grads)
     assert np.isfinite(float(loss))
-  assert int(state["ptr"]) == (5 * 16) % 64
+  assert int(state["ptr"]) == (5 * 32) % 128
 
 
 def test_queue_not_divisible_by_batch_is_one_line_error():

@@ -33,6 +33,7 @@ class _MoCo(Method):
     self.queue_size = int(m.get("queue_size", 65536))
     self.dim = int(m.get("proj_dim", 128))
     self.shuffle_bn = bool(m.get("shuffle_bn", True))
+    self.bn_splits = int(m.get("bn_splits", 1))
     if not 0.0 <= self.momentum <= 1.0:
       raise ValueError(f"MoCo momentum {self.momentum} must lie in [0, 1]; set method.momentum (paper: 0.999).")
     if self.version == 1:
@@ -66,13 +67,12 @@ class _MoCo(Method):
     if self.queue_size % global_batch:
       raise ValueError(f"MoCo queue_size {self.queue_size} is not divisible by the global batch {global_batch}; "
                        "set method.queue_size to a multiple of the batch.")
-    (h, q), updates = self.model.apply({"params": params, "batch_stats": state["batch_stats"]}, crops[0],
-                                       train=True, mutable=["batch_stats"])
+    (h, q), stats = self._split_apply({"params": params, "batch_stats": state["batch_stats"]}, crops[0])
     key_vars = {"params": state["key_params"], "batch_stats": state["key_batch_stats"]}
 
     def key_encoder(x):
-      (_, k), k_updates = self.model.apply(key_vars, x, train=True, mutable=["batch_stats"])
-      return k, k_updates["batch_stats"]
+      (_, k), k_stats = self._split_apply(key_vars, x)
+      return k, k_stats
 
     if self.shuffle_bn:
       k, key_stats = shuffled_apply(key_encoder, crops[1], jax.random.fold_in(key, 0), axis)
@@ -83,10 +83,25 @@ class _MoCo(Method):
     queue, ptr = memory_bank.enqueue(state["queue"], state["ptr"], jax.lax.all_gather(k, axis, tiled=True), axis)
     metrics["embedding_std"] = embedding_std(q, axis)
     metrics["features"] = h
-    new_state = {**state, "batch_stats": parallel.pmean_varying(updates["batch_stats"]),
+    new_state = {**state, "batch_stats": parallel.pmean_varying(stats),
                  "key_batch_stats": parallel.pmean_varying(jax.lax.stop_gradient(key_stats)),
                  "queue": queue, "ptr": ptr}
     return loss, (new_state, metrics)
+
+  def _split_apply(self, variables, x):
+    """Encoder forward in train mode; with bn_splits = S, BN statistics per group of b/S rows (the official MoCo
+    CIFAR demo's SplitBatchNorm, emulating S devices' per-device BN on one); returns ((h, z), new batch_stats)."""
+    s = self.bn_splits
+    if s == 1:
+      out, updates = self.model.apply(variables, x, train=True, mutable=["batch_stats"])
+      return out, updates["batch_stats"]
+    if x.shape[0] % s:
+      raise ValueError(f"MoCo bn_splits {s} does not divide the per-device batch {x.shape[0]}; "
+                       "set method.bn_splits to a divisor of it.")
+    groups = x.reshape((s, x.shape[0] // s) + x.shape[1:])
+    out, updates = jax.vmap(lambda g: self.model.apply(variables, g, train=True, mutable=["batch_stats"]))(groups)
+    out = jax.tree.map(lambda y: y.reshape((x.shape[0],) + y.shape[2:]), out)
+    return out, jax.tree.map(lambda v: jnp.mean(v, axis=0), updates["batch_stats"])
 
   def after_update(self, params, state, step):
     """theta_k <- m theta_k + (1 - m) theta_q (Eq. 2), after the query encoder's update as in Alg. 1."""

@@ -15,9 +15,11 @@ def shuffled_apply(fn: Callable[[jax.Array], tuple[jax.Array, Any]], x: jax.Arra
   same on every device: derive it from the step key), runs `fn` on this device's slice of the shuffled batch,
   all-gathers the outputs and takes back this device's rows in the original order. A query and its key thus meet
   different per-device BN statistics, so BN cannot leak the positive. `fn(x) -> (y [b, ...], aux)`; `aux` (e.g.
-  BN state updates) is returned as computed on the shuffled slice. On one device (or axis_name=None) it is `fn(x)`.
+  BN state updates) is returned as computed on the shuffled slice. With axis_name=None it is `fn(x)`; on a one-device
+  axis the batch is still permuted, which leaves whole-batch BN unchanged (a no-op up to rounding) and mixes the
+  groups of a split BN (MoCo's one-GPU CIFAR demo, `bn_splits`).
   """
-  if axis_name is None or jax.lax.axis_size(axis_name) == 1:
+  if axis_name is None:
     return fn(x)
   b = x.shape[0]
   offset = jax.lax.axis_index(axis_name) * b

@@ -6,6 +6,6 @@ import ml_collections
 
 
 def apply(c: ml_collections.ConfigDict) -> None:
-  c.method = dict(name="instdisc", loss="nce", temperature=0.07, num_negatives=4096, bank_momentum=0.5,
+  c.method = dict(name="instdisc", loss="softmax", temperature=0.07, num_negatives=4096, bank_momentum=0.5,
                   proj_dim=128)   # bank_size: config.data.num_train
   c.augment["global"].views = 1
