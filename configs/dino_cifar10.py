@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import ml_collections
 
-from cl_jax.config_args import parse_arg
-from configs.dino_imagenet import crops
+from cl_jax.config_args import load_sibling, parse_arg
+
+crops = load_sibling(__file__, "dino_imagenet").crops
 
 CIFAR10_TRAIN_EXAMPLES = 50_000
 

@@ -7,26 +7,26 @@ Arguments: method=<name> (one per file in configs/quickstart_methods/), runlocal
 """
 from __future__ import annotations
 
-import importlib
-import pkgutil
+import os
 
 import ml_collections
 
-from cl_jax.config_args import parse_arg
+from cl_jax.config_args import load_sibling, parse_arg
 from cl_jax.data.augment import group
-from configs import quickstart_methods
+
+_METHODS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "quickstart_methods")
 
 
 def method_names() -> list[str]:
   """Methods with quick-start settings: one file each in configs/quickstart_methods/."""
-  return sorted(i.name for i in pkgutil.iter_modules(quickstart_methods.__path__))
+  return sorted(f[:-3] for f in os.listdir(_METHODS_DIR) if f.endswith(".py") and not f.startswith("_"))
 
 
 def apply_method(c: ml_collections.ConfigDict, name: str) -> None:
   """Applies the method's settings for the embedded data (method, and where it needs them augment/optim/...)."""
   if name not in method_names():
     raise ValueError(f"quickstart has no settings for method '{name}'; known: {', '.join(method_names())}.")
-  importlib.import_module(f"{quickstart_methods.__name__}.{name}").apply(c)
+  load_sibling(__file__, f"quickstart_methods.{name}").apply(c)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

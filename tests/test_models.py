@@ -90,7 +90,10 @@ def test_vit_param_counts_match_formula():
 def test_feature_dims_without_running():
   dims = {"resnet_tiny": 128, "resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048,
           "resnet152": 2048, "vit_micro": 64, "vit_tiny": 192, "vit_small": 384, "vit_base": 768,
-          "vit_large": 1024}
+          "vit_large": 1024,
+          # CLIP's modified ResNets: the attention pool's output is the pooled width (width x 32) before the
+          # method's projection to the joint space (CLIP Sec. 2.4; RN50x4 has width 80).
+          "clip_resnet_tiny": 512, "clip_rn50": 2048, "clip_rn101": 2048, "clip_rn50x4": 2560}
   assert sorted(dims) == BACKBONES.names()
   for name, d in dims.items():
     assert build_backbone(_cfg(name=name)).feature_dim == d
@@ -102,7 +105,7 @@ def test_feature_dims_without_running():
 
 
 def test_config_errors_are_one_line():
-  cases = [(_cfg(name="resnet7"), "Unknown backbone 'resnet7'; known backbones: resnet101"),
+  cases = [(_cfg(name="resnet7"), "Unknown backbone 'resnet7'; known backbones: clip_resnet_tiny, .*resnet101"),
            (_cfg(name="resnet18", dtype="fp16"),
             "Unknown dtype 'fp16'; use one of: float32, bfloat16"),
            (_cfg(name="resnet18", bn="global"), "Unknown bn 'global'; use one of: sync, local"),

@@ -2,7 +2,9 @@
 prompt ("mixed"), one image-text-label contrastive loss."""
 import ml_collections
 
-from configs.quickstart_methods.clip import language_image
+from cl_jax.config_args import load_sibling
+
+language_image = load_sibling(__file__, "clip").language_image
 
 
 def apply(c: ml_collections.ConfigDict) -> None:
