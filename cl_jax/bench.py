@@ -4,6 +4,7 @@
   python -m cl_jax.bench --config=configs/quickstart.py --what=augment   # on-device views/s (vs torchvision)
   python -m cl_jax.bench --config=configs/quickstart.py --what=loss      # NT-Xent forward+backward
   python -m cl_jax.bench --config=configs/quickstart.py --what=model     # backbone forward, forward+backward
+  python -m cl_jax.bench --config=configs/quickstart.py:method=moco_v2 --what=memory   # state bytes per device
 
 Every measurement runs on the run's mesh (jit(shard_map) over 'data', the global batch split as in training),
 is compiled ahead of time (`lower().compile()`, timed as compile_s), warmed up, then timed `--repeats` times with
@@ -32,7 +33,7 @@ from cl_jax.data import augment, sources
 from cl_jax.losses.contrastive import nt_xent
 from cl_jax.models import build_backbone
 
-WHATS = ("step", "augment", "loss", "model")
+WHATS = ("step", "augment", "loss", "model", "memory")
 Row = dict[str, Any]
 
 
@@ -209,6 +210,45 @@ def bench_step(config: ml_collections.ConfigDict, repeats: int, gemm_peak: float
   return [row, bare_row]
 
 
+# ----------------------------------------------------------------------------- state memory per device
+
+
+def _bytes(tree: Any) -> int:
+  return sum(x.nbytes for x in jax.tree.leaves(tree))
+
+
+def _bytes_per_device(tree: Any) -> int:
+  return sum(x.addressable_shards[0].data.nbytes for x in jax.tree.leaves(tree))
+
+
+def bench_memory(config: ml_collections.ConfigDict, repeats: int, gemm_peak: float, warmup: int = 1) -> list[Row]:
+  """Per-device bytes of the train state without and with config.parallel.shard_state, from the placed arrays and
+  from the compiled step's memory analysis (its argument bytes: state + batch, per device). Queues and memory
+  banks are row-sharded in both rows; shard_state also splits optimizer moments and EMA targets over 'data'."""
+  del repeats, gemm_peak, warmup
+  rows = []
+  for shard in (False, True):
+    c = config.copy_and_resolve_references()
+    with c.unlocked():
+      c.parallel = {**c.get("parallel", {}), "shard_state": shard}
+    run = train.build_run(c)
+    state, specs = train.init_state(run)
+    step = train.make_train_step(run, specs, state)
+    batch = parallel.host_to_global(host_batch(run.train_source, c.batch_size), run.mesh)
+    compiled, compile_s = compile_timed(step, state, batch)
+    rows.append({
+        "what": "memory", "method": c.method.name, "devices": run.mesh.size, "shard_state": shard,
+        "params_bytes": _bytes(state["params"]), "opt_state_bytes": _bytes(state["opt_state"]),
+        "method_state_bytes": _bytes(state["method_state"]),
+        "state_bytes_per_device": _bytes_per_device(state),
+        "opt_state_bytes_per_device": _bytes_per_device(state["opt_state"]),
+        "method_state_bytes_per_device": _bytes_per_device(state["method_state"]),
+        "step_argument_bytes_per_device": int(compiled.memory_analysis().argument_size_in_bytes),
+        "peak_bytes": compiled_peak_bytes(compiled), "compile_s": compile_s})
+    del state, compiled
+  return rows
+
+
 # ----------------------------------------------------------------------------- the loss
 
 
@@ -321,13 +361,14 @@ def measure(config: ml_collections.ConfigDict, what: str, repeats: int = 10, war
   """The JSON rows of one --what, with the GEMM peak measured on this device first."""
   if what not in WHATS:
     raise ValueError(f"Unknown --what={what!r}; use one of: {', '.join(WHATS)}.")
-  gemm_peak = gemm_peak_flops_per_sec(gemm_size, repeats)
-  fn = {"step": bench_step, "augment": bench_augment, "loss": bench_loss, "model": bench_model}[what]
+  gemm_peak = gemm_peak_flops_per_sec(gemm_size, repeats) if what != "memory" else 0.0
+  fn = {"step": bench_step, "augment": bench_augment, "loss": bench_loss, "model": bench_model,
+        "memory": bench_memory}[what]
   return fn(config, repeats, gemm_peak, warmup)
 
 
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/quickstart.py.", lock_config=True)
-flags.DEFINE_enum("what", "step", list(WHATS), "What to time: step | augment | loss | model.")
+flags.DEFINE_enum("what", "step", list(WHATS), "What to measure: step | augment | loss | model | memory.")
 flags.DEFINE_integer("repeats", 10, "Timed runs after warm-up; the median is reported.")
 flags.DEFINE_integer("warmup", 1, "Untimed runs after compiling.")
 flags.DEFINE_integer("gemm_size", 2048, "Side of the float32 matmul that measures the GEMM peak.")

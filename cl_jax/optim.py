@@ -2,10 +2,12 @@
 
 Config fields (all optional except `name` and `lr`):
   name: sgd | adamw | lars | lamb;  lr, lr_scaling (linear | sqrt | none), base_batch (256);
-  schedule (cosine | constant), warmup_epochs or warmup_steps, end_lr;
+  schedule (cosine | constant | step), warmup_epochs or warmup_steps, end_lr; for step: decay_epochs (lr x
+  decay_factor, default 0.1, at each, e.g. MoCo v1's 120, 160 of 200);
   momentum, nesterov (sgd, lars); b1, b2, eps (adamw, lamb); trust_coefficient (lars, 0.001);
   weight_decay, weight_decay_schedule ((start, end) cosine, DINO Sec. 4 / App. B);
-  exclude_bias_and_norm (True); clip_norm (0 = off); grad_accum_steps (1); frozen (path substrings;
+  exclude_bias_and_norm (True); clip_norm (0 = off), clip_mode (global | per_param: each tensor's gradient
+  clipped to the norm by itself, DINO's utils.clip_gradients); grad_accum_steps (1); frozen (path substrings;
   always, or only for the first `frozen_steps` updates, DINO's freeze_last_layer);
   constant_lr (path substrings whose lr stays at the peak lr, e.g. SimSiam's predictor, Chen & He 2021 Sec. 4.2).
 """
@@ -23,7 +25,27 @@ from cl_jax.registry import Registry
 
 OPTIMIZERS: Registry[Callable[..., optax.GradientTransformation]] = Registry("optimizer")
 _LR_SCALINGS = ("linear", "sqrt", "none")
-_SCHEDULES = ("cosine", "constant")
+_SCHEDULES = ("cosine", "constant", "step")
+_CLIP_MODES = ("global", "per_param")
+
+
+def clip_per_param(max_norm: float) -> optax.GradientTransformation:
+  """Scales each tensor's gradient to norm <= max_norm on its own (DINO, utils.clip_gradients: coef max/(n+1e-6))."""
+  def clip(updates, params=None):
+    del params
+    def one(g):
+      return g * jnp.minimum(1.0, max_norm / (jnp.linalg.norm(g.ravel()) + 1e-6)).astype(g.dtype)
+    return jax.tree.map(one, updates)
+  return optax.stateless(clip)
+
+
+def _clip(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation | None:
+  norm, mode = float(cfg.get("clip_norm", 0.0)), cfg.get("clip_mode", "global")
+  if mode not in _CLIP_MODES:
+    raise ValueError(f"Unknown optim.clip_mode '{mode}'; use one of: {', '.join(_CLIP_MODES)}.")
+  if norm <= 0:
+    return None
+  return optax.clip_by_global_norm(norm) if mode == "global" else clip_per_param(norm)
 
 
 def scaled_lr(lr: float, batch_size: int, scaling: str, base_batch: int = 256) -> float:
@@ -35,16 +57,22 @@ def scaled_lr(lr: float, batch_size: int, scaling: str, base_batch: int = 256) -
 
 
 def lr_schedule(peak: float, *, total_steps: int, warmup_steps: int = 0, kind: str = "cosine",
-                end_lr: float = 0.0) -> optax.Schedule:
-  """Linear warmup from 0 to `peak`, then cosine decay to `end_lr` or constant (SimCLR Sec. 3, SGDR)."""
+                end_lr: float = 0.0, boundaries: tuple[int, ...] = (), factor: float = 0.1) -> optax.Schedule:
+  """Linear warmup from 0 to `peak`, then cosine decay to `end_lr` (SimCLR Sec. 3, SGDR), constant, or step
+  decay by `factor` at each of the step `boundaries` (MoCo v1 Sec. 4: x0.1 at epochs 120 and 160)."""
   if kind not in _SCHEDULES:
     raise ValueError(f"Unknown schedule '{kind}'; set optim.schedule to one of {', '.join(_SCHEDULES)}.")
+  if kind == "step" and not boundaries:
+    raise ValueError("schedule='step' needs optim.decay_epochs, e.g. (120, 160): the epochs where lr drops.")
 
   def schedule(step: jax.Array) -> jax.Array:
     step = jnp.asarray(step, jnp.float32)
     warm = peak * step / max(warmup_steps, 1)
     if kind == "constant":
       after = jnp.full_like(step, peak)
+    elif kind == "step":
+      drops = sum((step >= b).astype(jnp.float32) for b in boundaries)
+      after = peak * factor ** drops
     else:
       t = jnp.clip((step - warmup_steps) / max(total_steps - warmup_steps, 1), 0.0, 1.0)
       after = end_lr + (peak - end_lr) * 0.5 * (1.0 + jnp.cos(jnp.pi * t))
@@ -143,8 +171,10 @@ def build_optimizer(cfg: ml_collections.ConfigDict, *, total_steps: int, steps_p
   if warmup > total_steps:
     raise ValueError(f"Warmup of {warmup} steps exceeds total_steps={total_steps}; "
                      "lower optim.warmup_epochs/warmup_steps or train longer.")
+  boundaries = tuple(round(e * steps_per_epoch) for e in (cfg.get("decay_epochs", None) or ()))
   schedule = lr_schedule(peak, total_steps=total_steps, warmup_steps=warmup,
-                         kind=cfg.get("schedule", "cosine"), end_lr=cfg.get("end_lr", 0.0))
+                         kind=cfg.get("schedule", "cosine"), end_lr=cfg.get("end_lr", 0.0),
+                         boundaries=boundaries, factor=float(cfg.get("decay_factor", 0.1)))
 
   wd = float(cfg.get("weight_decay", 0.0))
   wd_schedule = cfg.get("weight_decay_schedule", None)
@@ -159,11 +189,13 @@ def build_optimizer(cfg: ml_collections.ConfigDict, *, total_steps: int, steps_p
     tx = optax.multi_transform({"scheduled": tx, "constant": make(cfg, peak, wd, mask)},
                                _path_labels(constant, "constant", "scheduled"))
 
-  if cfg.get("clip_norm", 0.0) > 0:
-    tx = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), tx)
   frozen = tuple(cfg.get("frozen", None) or ())
   if frozen:
     tx = _freeze(tx, frozen, int(cfg.get("frozen_steps", 0)))
+  # Clipping sees every gradient, frozen ones included, before the freeze (as DINO clips, then cancels the last
+  # layer's gradients): inside the freeze's multi_transform a global norm would be taken per group.
+  if (clip := _clip(cfg)) is not None:
+    tx = optax.chain(clip, tx)
   accum = int(cfg.get("grad_accum_steps", 1))
   if accum < 1:
     raise ValueError(f"optim.grad_accum_steps must be >= 1, got {accum}.")

@@ -63,7 +63,8 @@ def build_run(config: ml_collections.ConfigDict) -> Run:
     raise ValueError(f"batch_size {config.batch_size} is larger than the {len(train_source)} training examples; "
                      "lower batch_size.")
   total_steps = config.get("total_steps", 0) or int(math.ceil(config.num_epochs * steps_per_epoch))
-  method = get_method(config, total_steps=total_steps, steps_per_epoch=steps_per_epoch)
+  method = get_method(config, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
+                      num_train=len(train_source))
   tx, schedule = optim.build_optimizer(config.optim, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
                                        batch_size=config.batch_size)
   return Run(config, mesh, method, tx, schedule, train_source, test_source, local_batch, steps_per_epoch,
@@ -280,7 +281,9 @@ def _write_view_grid(run: Run, reporter: reporting.Reporter, workdir: str) -> No
 
 
 _EVAL_NAMES = {"eval/knn_top1": "kNN top-1", "eval/knn_top5": "kNN top-5", "eval/zeroshot_top1": "zero-shot top-1",
-               "eval/zeroshot_top5": "zero-shot top-5"}
+               "eval/zeroshot_top5": "zero-shot top-5", "eval/zeroshot_top1_seen": "zero-shot top-1 (seen pairs)",
+               "eval/zeroshot_top1_unseen": "zero-shot top-1 (held-out pairs)",
+               **{f"eval/{d}_r{k}": f"{d.replace('2', '->')} R@{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)}}
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:

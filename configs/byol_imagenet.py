@@ -3,7 +3,7 @@
 ResNet-50; projector and predictor Linear(4096)-BN-ReLU-Linear(256); target EMA with tau from 0.996 to 1 on a cosine;
 LARS lr 0.2 x B/256 (biases and BN excluded from weight decay and adaptation), weight decay 1.5e-6, 10 warm-up
 epochs then cosine, 1000 epochs; asymmetric views (blur p 1.0 / 0.1, solarize p 0 / 0.2, App. B Table 6).
-Colour jitter: strength 0.5 gives brightness/contrast 0.4 and hue 0.1 as the paper, saturation 0.4 (paper 0.2).
+Colour jitter ColorJitter(0.4, 0.4, 0.2, 0.1) with p 0.8, grayscale p 0.2 (Table 6).
 
   python -m cl_jax.main --config=configs/byol_imagenet.py --workdir=gs://bucket/byol_r50
   python -m cl_jax.main --config=configs/byol_imagenet.py:epochs=300,batch=4096 --workdir=...
@@ -28,6 +28,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.dataset = "imagenet2012"
   c.data = dict(image_size=256, data_dir=None, seed=0, worker_count=16)
   c.augment = ml_collections.ConfigDict({"global": group(size=224, views=2, scale=(0.08, 1.0), jitter_strength=0.5,
+                                                         jitter=(0.8, 0.8, 0.4, 0.2),
                                                          grayscale_p=0.2, blur_p=(1.0, 0.1), solarize_p=(0.0, 0.2))})
   c.batch_size = a.batch
   c.num_epochs = a.epochs

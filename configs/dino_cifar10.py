@@ -40,7 +40,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.total_steps = 0
   c.optim = dict(name="sgd", lr=0.03, lr_scaling="linear", base_batch=256, momentum=0.9,
                  weight_decay_schedule=(1e-4, 1e-4), warmup_epochs=10, schedule="cosine", end_lr=1e-6,
-                 exclude_bias_and_norm=True, clip_norm=3.0, frozen=("last_layer",),
+                 exclude_bias_and_norm=True, clip_norm=3.0, clip_mode="per_param", frozen=("last_layer",),
                  frozen_steps=CIFAR10_TRAIN_EXAMPLES // a.batch)   # freeze_last_layer=1 epoch
   c.eval = dict(every=5000, knn_k=200, knn_temperature=0.07, batch_size=1000)
   c.log_every = 100

@@ -9,9 +9,7 @@ arch=resnet50: the official README's ResNet-50 command: SGD (momentum 0.9) lr 0.
 constant, global crops scale 0.14-1, 8 local crops (code default) scale 0.05-0.14, teacher temperature 0.04
 (code default, no warm-up), batch 512 (8 GPUs x 64), other settings as above.
 
-Differences from the official code: colour jitter saturation 0.4 (the shared recipe scales all four jitter
-ranges; DINO uses 0.2), bilinear instead of bicubic crops, no stochastic depth (drop_path 0.1) in the ViT, and
-gradient clipping by the global norm (optim.clip_norm) where the official code clips each tensor's norm.
+Differences from the official code: bilinear instead of bicubic crops, no stochastic depth (drop_path 0.1) in the ViT.
 
   python -m cl_jax.main --config=configs/dino_imagenet.py --workdir=gs://bucket/dino_vits16
   python -m cl_jax.main --config=configs/dino_imagenet.py:arch=resnet50 --workdir=gs://bucket/dino_r50
@@ -34,8 +32,8 @@ _ARCHS = ("vit_small", "resnet50")
 def crops(global_size: int, local_size: int, local_views: int, global_scale: tuple[float, float],
           local_scale: tuple[float, float]) -> ml_collections.ConfigDict:
   """DINO's DataAugmentationDINO: global crop 1 blur p 1.0; global crop 2 blur p 0.1 + solarize p 0.2; local
-  crops blur p 0.5; jitter (p 0.8, strength 0.5: brightness/contrast 0.4, hue 0.1), grayscale p 0.2, flip."""
-  common = dict(jitter_strength=0.5, grayscale_p=0.2, blur_sigma=(0.1, 2.0))
+  crops blur p 0.5; jitter (p 0.8, ColorJitter(0.4, 0.4, 0.2, 0.1)), grayscale p 0.2, flip."""
+  common = dict(jitter_strength=0.5, jitter=(0.8, 0.8, 0.4, 0.2), grayscale_p=0.2, blur_sigma=(0.1, 2.0))
   return ml_collections.ConfigDict({
       "global": group(size=global_size, views=2, scale=global_scale, blur_p=(1.0, 0.1), solarize_p=(0.0, 0.2),
                       **common),
@@ -75,7 +73,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optim = dict(name="sgd", lr=0.03, lr_scaling="linear", base_batch=256, momentum=0.9,
                    weight_decay_schedule=(1e-4, 1e-4))
   c.optim.update(dict(warmup_epochs=10, schedule="cosine", end_lr=1e-6, exclude_bias_and_norm=True,
-                      clip_norm=3.0, frozen=("last_layer",), frozen_steps=steps_per_epoch))   # freeze_last_layer=1
+                      clip_norm=3.0, clip_mode="per_param",   # utils.clip_gradients
+                      frozen=("last_layer",), frozen_steps=steps_per_epoch))   # freeze_last_layer=1
   c.eval = dict(every=5000, knn_k=20, knn_temperature=0.07, batch_size=1024, image_size=224, crop_frac=0.875,
                 knn_train_examples=100_000)
   c.log_every = 100

@@ -26,8 +26,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model = dict(name="resnet18", width=1.0, stem="cifar", bn="sync", dtype="float32", zero_init_last_bn=False)
   c.dataset = "cifar10"
   c.data = dict(image_size=32, data_dir=None, seed=0, worker_count=4)
-  # Colour jitter: strength 0.5 gives (0.4, 0.4, 0.4, 0.1); the official hue is 0.4.
+  # Colour jitter as the official code: ColorJitter(0.4, 0.4, 0.4, 0.4).
   c.augment = ml_collections.ConfigDict({"global": group(size=32, views=2, scale=(0.2, 1.0), jitter_strength=0.5,
+                                                         jitter=(0.8, 0.8, 0.8, 0.8),
                                                          jitter_p=1.0, grayscale_p=0.2, blur_p=(0.0,))})
   c.batch_size = a.batch
   c.num_epochs = a.epochs

@@ -2,7 +2,7 @@
 MoCo CIFAR demo (ResNet-18 CIFAR stem, K = 4096, m = 0.99, SGD lr 0.06 at batch 512, wd 5e-4, 200 epochs).
 
 MoCo v1 parts: linear 128-d head, temperature 0.07, colour jitter always applied, no blur. Per-device BN with
-Shuffle BN across devices. The schedule is cosine (as the demo) since cl_jax.optim has no step schedule.
+Shuffle BN across devices. The schedule is cosine, as the demo's default.
 
   python -m cl_jax.main --config=configs/moco_v1_cifar10.py --workdir=$HOME/runs/moco_v1_cifar10
   python -m cl_jax.main --config=configs/moco_v1_cifar10.py:runlocal --workdir=/tmp/moco_v1_cifar10_local
@@ -26,6 +26,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.dataset = "cifar10"
   c.data = dict(image_size=32, data_dir=None, seed=0, worker_count=4)
   c.augment = ml_collections.ConfigDict({"global": group(size=32, views=2, scale=(0.2, 1.0), jitter_strength=0.5,
+                                                         jitter=(0.8, 0.8, 0.8, 0.8),
                                                          jitter_p=1.0, grayscale_p=0.2, blur_p=(0.0,))})
   c.batch_size = a.batch
   c.num_epochs = a.epochs

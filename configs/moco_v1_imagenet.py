@@ -2,9 +2,9 @@
 
 ResNet-50 with per-device BN and Shuffle BN, linear 128-d head, temperature 0.07, queue K = 65,536, key momentum
 0.999, SGD lr 0.03 x B/256 (momentum 0.9, weight decay 1e-4), batch 256, 200 epochs; augmentation: crop scale
-(0.2, 1), colour jitter 0.4 always applied, grayscale 0.2, no blur. The paper divides the lr by 10 at epochs 120
-and 160; cl_jax.optim has no step schedule yet, so this config uses cosine (MoCo v2's choice) until it does.
-Colour jitter: the group's strength 0.5 gives (0.4, 0.4, 0.4, 0.1); the official v1 hue is 0.4.
+(0.2, 1), colour jitter 0.4 always applied, grayscale 0.2, no blur. The lr is divided by 10 at epochs 120
+and 160 (at 60% and 80% of the epochs when `:epochs=N` changes them).
+Colour jitter as the official v1 code: ColorJitter(0.4, 0.4, 0.4, 0.4), always applied.
 
   python -m cl_jax.main --config=configs/moco_v1_imagenet.py --workdir=gs://bucket/moco_v1_r50
   python -m cl_jax.main --config=configs/moco_v1_imagenet.py:epochs=800 --workdir=...
@@ -31,12 +31,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.dataset = "imagenet2012"
   c.data = dict(image_size=256, data_dir=None, seed=0, worker_count=16)
   c.augment = ml_collections.ConfigDict({"global": group(size=224, views=2, scale=(0.2, 1.0), jitter_strength=0.5,
+                                                         jitter=(0.8, 0.8, 0.8, 0.8),
                                                          jitter_p=1.0, grayscale_p=0.2, blur_p=(0.0,))})
   c.batch_size = a.batch
   c.num_epochs = a.epochs
   c.total_steps = 0
   c.optim = dict(name="sgd", lr=0.03, lr_scaling="linear", base_batch=256, momentum=0.9, weight_decay=1e-4,
-                 warmup_epochs=0, schedule="cosine", exclude_bias_and_norm=False)
+                 warmup_epochs=0, schedule="step", decay_epochs=(0.6 * a.epochs, 0.8 * a.epochs),
+                 exclude_bias_and_norm=False)
   c.eval = dict(every=5000, knn_k=200, knn_temperature=0.07, batch_size=1024, image_size=224, crop_frac=0.875,
                 knn_train_examples=100_000)
   c.log_every = 100

@@ -7,7 +7,7 @@ ResNet-50: batch 4096, LARS (biases and BN excluded), temperature 1.0, 10 warm-u
 decay 1e-6 for 100 epochs (lr 0.3, weight decay 1.5e-6 for longer runs; momentum from 0.996 at 1000 epochs),
 2-layer projector and a predictor without output BN (official code).
 Both: momentum encoder m from 0.99 to 1 on a cosine, BYOL's asymmetric views (blur p 1.0 / 0.1, solarize p 0 / 0.2,
-crop scale 0.08-1); colour jitter strength 0.5 (saturation 0.4 where the paper has 0.2). The ViT here has learned
+crop scale 0.08-1); colour jitter ColorJitter(0.4, 0.4, 0.2, 0.1). The ViT here has learned
 position embeddings where the official code fixes 2-D sin-cos ones.
 
   python -m cl_jax.main --config=configs/moco_v3_imagenet.py --workdir=gs://bucket/moco_v3_vits
@@ -48,6 +48,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.dataset = "imagenet2012"
   c.data = dict(image_size=256, data_dir=None, seed=0, worker_count=16)
   c.augment = ml_collections.ConfigDict({"global": group(size=224, views=2, scale=(0.08, 1.0), jitter_strength=0.5,
+                                                         jitter=(0.8, 0.8, 0.4, 0.2),
                                                          grayscale_p=0.2, blur_p=(1.0, 0.1), solarize_p=(0.0, 0.2))})
   c.batch_size = a.batch or (1024 if vit else 4096)
   c.num_epochs = epochs

@@ -167,3 +167,15 @@ def test_cli_prints_one_json_object_per_line():
   rows = [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
   assert [r["what"] for r in rows] == ["loss"]
   assert rows[0]["flops"] > 0 and rows[0]["ratio_to_gemm_peak"] > 0
+
+
+def test_memory_rows_show_shard_state_splitting_the_optimizer_state():
+  """--what=memory: with shard_state the optimizer moments are stored 1/8 per device (8 devices), and the
+  compiled step's per-device argument bytes fall by about that much; the logical sizes do not change."""
+  full, sharded = bench.bench_memory(tiny_config(), repeats=1, gemm_peak=0.0)
+  assert (full["shard_state"], sharded["shard_state"], full["devices"]) == (False, True, 8)
+  assert full["opt_state_bytes"] == sharded["opt_state_bytes"] > 0
+  assert full["opt_state_bytes_per_device"] == full["opt_state_bytes"]          # replicated
+  assert sharded["opt_state_bytes_per_device"] < 0.25 * full["opt_state_bytes"]  # split over 'data'
+  saved = full["step_argument_bytes_per_device"] - sharded["step_argument_bytes_per_device"]
+  assert saved >= 0.8 * (full["opt_state_bytes_per_device"] - sharded["opt_state_bytes_per_device"])

@@ -119,4 +119,8 @@ def test_missing_bank_size_is_one_line_error():
   c = mh.config(dict(name="instdisc"), views=1)
   del c.data["num_train"]
   with pytest.raises(ValueError, match="set method.bank_size"):
-    get_method(c)
+    get_method(c).num_data   # pylint: disable=expression-not-assigned
+  assert get_method(c, num_train=77).num_data == 77   # the loop passes the training split's size
+  with c.unlocked():
+    c.method.bank_size = 50
+  assert get_method(c, num_train=77).num_data == 50   # an explicit bank size wins

@@ -136,6 +136,15 @@ def test_lamb_trust_ratio_mask(tree):
   np.testing.assert_allclose(got["bn"]["scale"], -0.1 * r["bn"]["scale"], rtol=1e-5)
 
 
+def test_step_schedule():
+  """MoCo v1: lr 0.03, x0.1 at epochs 120 and 160 of 200 (here 10 steps per epoch)."""
+  _, schedule = build(total_steps=2000, name="sgd", lr=0.03, schedule="step", decay_epochs=(120, 160))
+  got = [float(schedule(s)) for s in (0, 1199, 1200, 1599, 1600, 1999)]
+  np.testing.assert_allclose(got, [0.03, 0.03, 0.003, 0.003, 0.0003, 0.0003], rtol=1e-5)
+  with pytest.raises(ValueError, match="schedule='step' needs optim.decay_epochs"):
+    build(name="sgd", lr=0.03, schedule="step")
+
+
 def test_clip_norm(tree):
   params, g1, _ = tree
   norm = math.sqrt(sum(float(np.sum(g ** 2)) for g in jax.tree.leaves(g1)))
@@ -144,6 +153,29 @@ def test_clip_norm(tree):
   assert_tree_close(got, jax.tree.map(lambda g: -g * 0.5 / norm, g1))
   tx, _ = build(name="sgd", lr=1.0, momentum=0.0, schedule="constant", clip_norm=10 * norm)
   assert_tree_close(run(tx, params, [g1])[0], jax.tree.map(lambda g: -g, g1))
+
+
+def test_clip_norm_is_global_over_frozen_and_trained_params(tree):
+  """The norm is taken over every gradient, frozen included (DINO clips, then cancels the last layer's grads)."""
+  params, g1, _ = tree
+  norm = math.sqrt(sum(float(np.sum(g ** 2)) for g in jax.tree.leaves(g1)))
+  tx, _ = build(name="sgd", lr=1.0, momentum=0.0, schedule="constant", clip_norm=0.5, frozen=("bn",))
+  (got,) = run(tx, params, [g1])
+  np.testing.assert_array_equal(got["bn"]["scale"], 0.0)
+  np.testing.assert_allclose(got["conv"]["kernel"], -g1["conv"]["kernel"] * 0.5 / norm, rtol=1e-5)
+
+
+def test_clip_per_param(tree):
+  """DINO's clip_gradients: each tensor scaled by min(1, c / (|g| + 1e-6)) on its own."""
+  params, g1, _ = tree
+  c = 0.5 * float(np.linalg.norm(g1["conv"]["kernel"]))   # the conv kernel is clipped, a tiny BN grad is not
+  tx, _ = build(name="sgd", lr=1.0, momentum=0.0, schedule="constant", clip_norm=c, clip_mode="per_param")
+  (got,) = run(tx, params, [g1])
+  want = jax.tree.map(lambda g: -g * min(1.0, c / (float(np.linalg.norm(g)) + 1e-6)), g1)
+  assert_tree_close(got, want)
+  assert any(float(np.linalg.norm(g)) < c for g in jax.tree.leaves(g1))   # both branches are exercised
+  with pytest.raises(ValueError, match="Unknown optim.clip_mode 'layer'; use one of: global, per_param"):
+    build(name="sgd", lr=1.0, clip_norm=1.0, clip_mode="layer")
 
 
 def test_grad_accum(tree):
@@ -198,7 +230,7 @@ def test_constant_lr_keeps_the_peak_lr_for_matching_params(tree):
     (dict(name="adam", lr=0.1), r"Unknown optimizer 'adam'; known optimizers: adamw, lamb, lars, sgd"),
     (dict(name="sgd", lr=0.0), r"optim.lr must be > 0"),
     (dict(name="sgd", lr=0.1, lr_scaling="cubic"), r"Unknown lr_scaling 'cubic'.*linear, sqrt, none"),
-    (dict(name="sgd", lr=0.1, schedule="step"), r"Unknown schedule 'step'.*cosine, constant"),
+    (dict(name="sgd", lr=0.1, schedule="poly"), r"Unknown schedule 'poly'.*cosine, constant, step"),
     (dict(name="sgd", lr=0.1, warmup_epochs=20.0), r"exceeds total_steps=100.*lower optim.warmup"),
     (dict(name="sgd", lr=0.1, grad_accum_steps=0), r"grad_accum_steps must be >= 1"),
 ])

@@ -409,7 +409,8 @@ def solarize(image: jax.Array, key: jax.Array, *, p: Probability, threshold: flo
 
 _GROUP_DEFAULTS: dict[str, Any] = dict(
     size=224, views=2, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), flip_p=0.5, jitter_p=0.8,
-    jitter_strength=1.0, grayscale_p=0.2, blur_p=(0.5,), blur_sigma=(0.1, 2.0), solarize_p=(0.0,))
+    jitter_strength=1.0, jitter=(0.8, 0.8, 0.8, 0.2), grayscale_p=0.2, blur_p=(0.5,), blur_sigma=(0.1, 2.0),
+    solarize_p=(0.0,))
 
 
 def _as_tuple(name: str, value: Any, length: int | None) -> tuple[float, ...]:
@@ -422,6 +423,8 @@ def _as_tuple(name: str, value: Any, length: int | None) -> tuple[float, ...]:
 def group(**overrides: Any) -> ml_collections.ConfigDict:
   """One crop group of a recipe with SimCLR defaults (App. A); per-view `blur_p` / `solarize_p` tuples,
   cycled over views, give BYOL's asymmetric views (Table 6), and `size`/`scale` give DINO's local crops.
+  `jitter` = (brightness, contrast, saturation, hue) before scaling by `jitter_strength`: SimCLR's (0.8, 0.8,
+  0.8, 0.2); BYOL/DINO/MoCo v3 use torchvision ColorJitter(0.4, 0.4, 0.2, 0.1) = (0.8, 0.8, 0.4, 0.2) x 0.5.
   """
   unknown = sorted(set(overrides) - set(_GROUP_DEFAULTS))
   if unknown:
@@ -431,6 +434,7 @@ def group(**overrides: Any) -> ml_collections.ConfigDict:
   c["size"], c["views"] = int(c["size"]), int(c["views"])
   for name in ("scale", "ratio", "blur_sigma"):
     c[name] = _as_tuple(name, c[name], 2)
+  c["jitter"] = _as_tuple("jitter", c["jitter"], 4)
   for name in ("blur_p", "solarize_p"):
     c[name] = _as_tuple(name, c[name], None)
   for name in ("flip_p", "jitter_p", "jitter_strength", "grayscale_p"):
@@ -443,6 +447,8 @@ def group(**overrides: Any) -> ml_collections.ConfigDict:
       (0 < c["ratio"][0] <= c["ratio"][1], f"ratio={c['ratio']} must satisfy 0 < lo <= hi"),
       (0 < c["blur_sigma"][0] <= c["blur_sigma"][1], f"blur_sigma={c['blur_sigma']} must satisfy 0 < lo <= hi"),
       (c["jitter_strength"] >= 0, f"jitter_strength={c['jitter_strength']} must be >= 0"),
+      (min(c["jitter"]) >= 0 and c["jitter"][3] * c["jitter_strength"] <= 0.5,
+       f"jitter={c['jitter']} (brightness, contrast, saturation, hue) must be >= 0 with hue x strength <= 0.5"),
       (all(0 <= q <= 1 for q in probs), f"probabilities (*_p) must lie in [0, 1], got {probs}"),
   ]
   for ok, message in checks:
@@ -469,8 +475,9 @@ def _augment_view(image: jax.Array, key: jax.Array, cfg: ml_collections.ConfigDi
       u, np.cumsum([2 * _CROP_TRIES + 2, 1, 6, 1, 2]))
   y0, x0, h, w = _crop_box(u_crop, image.shape[0], image.shape[1], cfg.scale, cfg.ratio)
   x = crop_and_resize(image, y0, x0, h, w, cfg.size, flip=u_flip[0] < cfg.flip_p)  # flip as `_flip` does
-  x = _jitter(x, u_jitter, strength=cfg.jitter_strength, brightness=0.8, contrast=0.8, saturation=0.8,
-              hue=0.2, p=cfg.jitter_p)
+  brightness, contrast, saturation, hue = cfg.jitter
+  x = _jitter(x, u_jitter, strength=cfg.jitter_strength, brightness=brightness, contrast=contrast,
+              saturation=saturation, hue=hue, p=cfg.jitter_p)
   x = _grayscale(x, u_gray, cfg.grayscale_p)
   x = _blur(x, u_blur, p=blur_p, sigma=cfg.blur_sigma, kernel_frac=0.1)
   return _solarize(x, u_solar, solarize_p)

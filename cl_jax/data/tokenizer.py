@@ -65,13 +65,20 @@ def bytes_to_unicode() -> dict[int, str]:
   return {b: chr(c) for b, c in zip(printable, chars)}
 
 
-def clean_text(text: str) -> str:
-  """CLIP's basic_clean + whitespace_clean + lower(): ftfy (if installed), html-unescape twice, collapse spaces."""
+@functools.cache
+def _fix_text() -> Callable[[str], str] | None:
+  """ftfy.fix_text when ftfy is installed, else None (looked up once: a failed import per caption is slow)."""
   try:
     import ftfy  # pylint: disable=g-import-not-at-top
-    text = ftfy.fix_text(text)
   except ImportError:
-    pass
+    return None
+  return ftfy.fix_text
+
+
+def clean_text(text: str) -> str:
+  """CLIP's basic_clean + whitespace_clean + lower(): ftfy (if installed), html-unescape twice, collapse spaces."""
+  if (fix := _fix_text()) is not None:
+    text = fix(text)
   text = html.unescape(html.unescape(text)).strip()
   return re.sub(r"\s+", " ", text).strip().lower()
 

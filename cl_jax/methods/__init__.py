@@ -30,8 +30,10 @@ def _import_all() -> None:
       _IMPORT_ERRORS[info.name] = f"{type(e).__name__}: {e}"
 
 
-def get_method(config: ml_collections.ConfigDict, *, total_steps: int = 1, steps_per_epoch: int = 1) -> Method:
-  """Instantiates the method named by `config.method.name`; schedules (momentum, temperature) see the run length."""
+def get_method(config: ml_collections.ConfigDict, *, total_steps: int = 1, steps_per_epoch: int = 1,
+               num_train: int = 0) -> Method:
+  """Instantiates the method named by `config.method.name`; schedules (momentum, temperature) see the run length,
+  memory banks the training split's size."""
   _import_all()
   name = config.method.name
   if name not in METHODS and _IMPORT_ERRORS:
@@ -39,5 +41,5 @@ def get_method(config: ml_collections.ConfigDict, *, total_steps: int = 1, steps
     raise ValueError(f"Unknown method '{name}'; known methods: {', '.join(METHODS.names())} "
                      f"(modules that failed to import: {broken}).")
   method = METHODS.get(name)(config)
-  method.total_steps, method.steps_per_epoch = int(total_steps), int(steps_per_epoch)
+  method.total_steps, method.steps_per_epoch, method.num_train = int(total_steps), int(steps_per_epoch), int(num_train)
   return method

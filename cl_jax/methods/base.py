@@ -21,9 +21,11 @@ class Method(abc.ABC):
   'data', e.g. a psum/pmean of local terms): its gradient is then the exact gradient of the global-batch loss.
   """
 
-  # Set by `get_method` from the run length, for step-dependent schedules (EMA momentum, temperatures).
+  # Set by `get_method` from the run length, for step-dependent schedules (EMA momentum, temperatures), and
+  # the training split's size (e.g. InstDisc's memory bank rows; 0 = not known).
   total_steps: int = 1
   steps_per_epoch: int = 1
+  num_train: int = 0
 
   def __init__(self, config: ml_collections.ConfigDict):
     self.config = config

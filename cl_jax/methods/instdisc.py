@@ -18,9 +18,10 @@ from cl_jax.models.heads import MLP
 _LOSSES = ("nce", "softmax")
 
 
-def bank_size(config: ml_collections.ConfigDict) -> int:
-  """Rows of the memory bank = training examples: config.method.bank_size, else config.data.num_train."""
-  n = config.method.get("bank_size", 0) or config.data.get("num_train", 0)
+def bank_size(config: ml_collections.ConfigDict, num_train: int = 0) -> int:
+  """Rows of the memory bank = training examples: config.method.bank_size, else the training split's size (given
+  by the loop), else config.data.num_train."""
+  n = config.method.get("bank_size", 0) or num_train or config.data.get("num_train", 0)
   if not n:
     raise ValueError("InstDisc needs the number of training examples for its memory bank; set "
                      "method.bank_size to the size of the training split (e.g. 50000 for CIFAR-10).")
@@ -40,10 +41,13 @@ class InstDisc(Method):
     self.bank_momentum = float(m.get("bank_momentum", 0.5))
     self.dim = int(m.get("proj_dim", 128))
     self.loss_name = m.get("loss", "nce")
-    self.num_data = bank_size(config)
     if self.loss_name not in _LOSSES:
       raise ValueError(f"Unknown InstDisc loss '{self.loss_name}'; set method.loss to one of: {', '.join(_LOSSES)}.")
     self.model = Encoder(backbone=build_backbone(config.model), head=MLP((), self.dim))   # fc to 128-d
+
+  @property
+  def num_data(self) -> int:
+    return bank_size(self.config, self.num_train)
 
   def init(self, key: jax.Array, views: Views):
     bkey, mkey = jax.random.split(key)

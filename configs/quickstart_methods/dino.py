@@ -29,4 +29,5 @@ def apply(c: ml_collections.ConfigDict) -> None:
   if not c.total_steps:
     c.total_steps = 351   # as the other quick starts (4.5 epochs at batch 128)
   c.optim = dict(name="adamw", lr=2e-3, lr_scaling="none", weight_decay_schedule=(0.04, 0.4), warmup_epochs=1,
-                 schedule="cosine", clip_norm=3.0, frozen=("last_layer",), frozen_steps=steps_per_epoch)
+                 schedule="cosine", clip_norm=3.0, clip_mode="per_param", frozen=("last_layer",),
+                 frozen_steps=steps_per_epoch)
