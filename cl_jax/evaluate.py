@@ -141,10 +141,16 @@ def run_protocol(protocol: str, run: Any, state: Any, specs: Any, step: int, wor
   return metrics
 
 
+CHECKPOINTS = ("latest", "best")
+
+
 def evaluate(workdir: str, protocol: str, overrides: ml_collections.ConfigDict | None = None,
-             fast: bool | None = None, stream: Any = None) -> dict[str, float]:
-  """Loads the latest checkpoint of `workdir` (config.eval overridden by `overrides.eval`) and runs `protocol`."""
+             fast: bool | None = None, stream: Any = None, checkpoint: str = "latest") -> dict[str, float]:
+  """Loads the latest (or the best-metric) checkpoint of `workdir` (config.eval overridden by `overrides.eval`)
+  and runs `protocol`."""
   PROTOCOLS.get(protocol)
+  if checkpoint not in CHECKPOINTS:
+    raise ValueError(f"Unknown --checkpoint={checkpoint!r}; use one of: {', '.join(CHECKPOINTS)}.")
   from cl_jax import train, workdir as workdir_lib  # pylint: disable=g-import-not-at-top
 
   config = workdir_lib.load_config(workdir)
@@ -155,7 +161,7 @@ def evaluate(workdir: str, protocol: str, overrides: ml_collections.ConfigDict |
     if fast is not None:
       config.eval.linear_fast = bool(fast)
   check_labels(config, protocol)
-  run, state, specs, step = train.load_run(workdir, config)
+  run, state, specs, step = train.load_run(workdir, config, best=checkpoint == "best")
   return run_protocol(protocol, run, state, specs, step, workdir, stream)
 
 
@@ -169,6 +175,8 @@ def define_flags() -> None:
   flags.DEFINE_string("protocol", "linear", f"Evaluation protocol: {', '.join(PROTOCOLS.names())}.")
   flags.DEFINE_bool("fast", None, "linear: train on precomputed centre-crop features (default on CPU); "
                     "--nofast trains on random-resized crops each epoch.")
+  flags.DEFINE_string("checkpoint", "latest", "latest | best (the best-metric checkpoint kept in "
+                      "checkpoints_best/ when the run set config.best_metric).")
   flags.mark_flags_as_required(["workdir"])
 
 
@@ -182,7 +190,8 @@ def main(argv: list[str]) -> None:
     PROTOCOLS.get(flags.FLAGS.protocol)       # fail before importing JAX
     from cl_jax import parallel  # pylint: disable=g-import-not-at-top
     parallel.initialize_distributed()
-    evaluate(flags.FLAGS.workdir, flags.FLAGS.protocol, flags.FLAGS.config, flags.FLAGS.fast)
+    evaluate(flags.FLAGS.workdir, flags.FLAGS.protocol, flags.FLAGS.config, flags.FLAGS.fast,
+             checkpoint=flags.FLAGS.checkpoint)
   except (ValueError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)

@@ -59,6 +59,13 @@ def test_best_checkpoint_keeps_the_best_eval_step(tmp_path):
   assert os.listdir(tmp_path / "checkpoints_best") == [str(best_step)]
   run, state, _, step = train.load_run(str(tmp_path), best=True)
   assert step == best_step and int(state["step"]) == best_step
+  # `python -m cl_jax.evaluate --checkpoint=best` evaluates that step (the kNN it logged at best_step).
+  from cl_jax import evaluate
+  got = evaluate.evaluate(str(tmp_path), "knn", checkpoint="best")
+  assert got["eval/knn_top1"] == pytest.approx(evals[best_step], abs=1e-6)
+  assert read_metrics(str(tmp_path))[-1]["step"] == best_step
+  with pytest.raises(ValueError, match="Unknown --checkpoint='newest'; use one of: latest, best"):
+    evaluate.evaluate(str(tmp_path), "knn", checkpoint="newest")
 
 
 def _losses(config, steps):
