@@ -7,8 +7,8 @@ ResNet-50: batch 4096, LARS (biases and BN excluded), temperature 1.0, 10 warm-u
 decay 1e-6 for 100 epochs (lr 0.3, weight decay 1.5e-6 for longer runs; momentum from 0.996 at 1000 epochs),
 2-layer projector and a predictor without output BN (official code).
 Both: momentum encoder m from 0.99 to 1 on a cosine, BYOL's asymmetric views (blur p 1.0 / 0.1, solarize p 0 / 0.2,
-crop scale 0.08-1); colour jitter ColorJitter(0.4, 0.4, 0.2, 0.1). The ViT here has learned
-position embeddings where the official code fixes 2-D sin-cos ones.
+crop scale 0.08-1); colour jitter ColorJitter(0.4, 0.4, 0.2, 0.1). ViT: fixed 2-D sin-cos position embeddings
+(model.posemb="sincos2d") as the official code.
 
   python -m cl_jax.main --config=configs/moco_v3_imagenet.py --workdir=gs://bucket/moco_v3_vits
   python -m cl_jax.main --config=configs/moco_v3_imagenet.py:arch=resnet50,epochs=100 --workdir=...
@@ -37,7 +37,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.method = dict(name="moco_v3", mlp_dim=4096, dim=256, proj_layers=3 if vit else 2, pred_last_bn=vit,
                   temperature=0.2 if vit else 1.0, base_momentum=0.996 if epochs >= 1000 else 0.99)
   if vit:
-    c.model = dict(name=a.arch, patch_size=16, frozen_patch_embed=True, bn="sync", dtype="bfloat16")
+    c.model = dict(name=a.arch, patch_size=16, frozen_patch_embed=True, posemb="sincos2d", bn="sync",
+                   dtype="bfloat16")
     c.optim = dict(name="adamw", lr=1.5e-4, lr_scaling="linear", base_batch=256, weight_decay=0.1,
                    warmup_epochs=40, schedule="cosine", exclude_bias_and_norm=False, frozen=("patch_embed",))
   else:

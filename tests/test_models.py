@@ -87,6 +87,23 @@ def test_vit_param_counts_match_formula():
   assert vm == _vit_formula(64, 2, 8, 32)
 
 
+def test_sincos_posemb_matches_moco_v3_formula_and_has_no_params():
+  """MoCo v3's build_2d_sincos_position_embedding, written out in NumPy: [sin, cos](row * w_k), [sin, cos](col * w_k)."""
+  from cl_jax.models.vit import sincos_posemb_2d
+  gh, gw, dim = 3, 5, 16
+  omega = 1.0 / 10000.0 ** (np.arange(4) / 4)
+  want = np.zeros((gh * gw, dim))
+  for r in range(gh):
+    for c in range(gw):
+      want[r * gw + c] = np.concatenate([np.sin(r * omega), np.cos(r * omega), np.sin(c * omega), np.cos(c * omega)])
+  np.testing.assert_allclose(sincos_posemb_2d(gh, gw, dim), want, atol=1e-6)
+  model = build_backbone(_cfg(name="vit_micro", patch_size=8, posemb="sincos2d"))
+  params = _abstract_params(model, 32)
+  assert _n_params(params) == _vit_formula(64, 2, 8, 32) - 16 * 64 - 64   # no position parameters
+  with pytest.raises(ValueError, match="Unknown posemb 'rope' for vit_micro; use one of: learn, sincos2d"):
+    build_backbone(_cfg(name="vit_micro", posemb="rope"))
+
+
 def test_feature_dims_without_running():
   dims = {"resnet_tiny": 128, "resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048,
           "resnet152": 2048, "vit_micro": 64, "vit_tiny": 192, "vit_small": 384, "vit_base": 768,

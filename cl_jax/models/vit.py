@@ -12,6 +12,18 @@ from cl_jax.models.registry import BACKBONES, parse_dtype
 
 _dense_init = nn.initializers.xavier_uniform()
 _embed_init = nn.initializers.truncated_normal(0.02)
+POSEMBS = ("learn", "sincos2d")
+
+
+def sincos_posemb_2d(gh: int, gw: int, dim: int, temperature: float = 10000.0) -> jax.Array:
+  """Fixed 2-D sin-cos positions [gh * gw, dim] of MoCo v3 (Sec. 4.2; build_2d_sincos_position_embedding):
+  channels [sin, cos] of the row index then [sin, cos] of the column index, frequencies 1 / T^(k / (dim / 4))."""
+  if dim % 4:
+    raise ValueError(f"sincos2d position embeddings need a width divisible by 4, got {dim}; use posemb='learn'.")
+  rows, cols = jnp.meshgrid(jnp.arange(gh, dtype=jnp.float32), jnp.arange(gw, dtype=jnp.float32), indexing="ij")
+  omega = 1.0 / temperature ** (jnp.arange(dim // 4, dtype=jnp.float32) / (dim // 4))
+  out_r, out_c = rows.reshape(-1, 1) * omega, cols.reshape(-1, 1) * omega
+  return jnp.concatenate([jnp.sin(out_r), jnp.cos(out_r), jnp.sin(out_c), jnp.cos(out_c)], axis=1)
 
 
 def interpolate_posemb(posemb: jax.Array, grid: tuple[int, int]) -> jax.Array:
@@ -87,7 +99,8 @@ class ViT(nn.Module):
 
   With return_tokens it returns {"cls": [b, D], "patches": [b, N, D]}; outputs are float32.
   Position embeddings are learned at the init resolution and bilinearly interpolated for other
-  input sizes. `frozen_patch_embed` stops the gradient of the patch projection (MoCo v3 Sec. 4.2).
+  input sizes, or (posemb="sincos2d") fixed 2-D sin-cos with a zero CLS position, computed for any grid.
+  `frozen_patch_embed` stops the gradient of the patch projection; both are MoCo v3's (Sec. 4.2).
   """
   dim: int
   depth: int
@@ -95,6 +108,7 @@ class ViT(nn.Module):
   patch_size: int = 16
   mlp_ratio: int = 4
   frozen_patch_embed: bool = False
+  posemb: str = "learn"
   dtype: Any = jnp.float32
   arch: str = "vit"
 
@@ -120,13 +134,16 @@ class ViT(nn.Module):
     x = PatchEmbed(self.patch_size, self.dim, self.frozen_patch_embed, self.dtype,
                    name="patch_embed")(x)
     b, gh, gw, d = x.shape
-    # The parameter's shape records the init grid; other grids are interpolated from it.
-    grid_shape = (1, gh, gw, d)
-    if self.has_variable("params", "pos_embedding"):
-      grid_shape = self.get_variable("params", "pos_embedding").shape
-    posemb = self.param("pos_embedding", _embed_init, grid_shape, jnp.float32)
-    posemb = interpolate_posemb(posemb, (gh, gw)).reshape(1, gh * gw, d)
-    cls_pos = self.param("cls_pos_embedding", _embed_init, (1, 1, d), jnp.float32)
+    if self.posemb == "sincos2d":
+      posemb, cls_pos = sincos_posemb_2d(gh, gw, d)[None], jnp.zeros((1, 1, d), jnp.float32)
+    else:
+      # The parameter's shape records the init grid; other grids are interpolated from it.
+      grid_shape = (1, gh, gw, d)
+      if self.has_variable("params", "pos_embedding"):
+        grid_shape = self.get_variable("params", "pos_embedding").shape
+      posemb = self.param("pos_embedding", _embed_init, grid_shape, jnp.float32)
+      posemb = interpolate_posemb(posemb, (gh, gw)).reshape(1, gh * gw, d)
+      cls_pos = self.param("cls_pos_embedding", _embed_init, (1, 1, d), jnp.float32)
     cls = self.param("cls_token", _embed_init, (1, 1, d), jnp.float32)
     x = x.reshape(b, gh * gw, d) + posemb.astype(self.dtype)
     cls = jnp.broadcast_to((cls + cls_pos).astype(self.dtype), (b, 1, d))
@@ -150,12 +167,16 @@ _ARCHS = {
 
 
 def vit_from_config(cfg: Any, arch: str) -> ViT:
-  """Builds ViT `arch` from optional cfg fields patch_size (16), frozen_patch_embed, dtype."""
+  """Builds ViT `arch` from optional cfg fields patch_size (16), frozen_patch_embed, posemb (learn | sincos2d),
+  dtype."""
   patch_size = int(cfg.get("patch_size", 16))
   if patch_size <= 0:
     raise ValueError(f"patch_size must be > 0 for {arch}, got {patch_size}; use e.g. 16 or 8.")
+  posemb = cfg.get("posemb", "learn")
+  if posemb not in POSEMBS:
+    raise ValueError(f"Unknown posemb '{posemb}' for {arch}; use one of: {', '.join(POSEMBS)}.")
   return ViT(**_ARCHS[arch], patch_size=patch_size,
-             frozen_patch_embed=bool(cfg.get("frozen_patch_embed", False)),
+             frozen_patch_embed=bool(cfg.get("frozen_patch_embed", False)), posemb=posemb,
              dtype=parse_dtype(cfg.get("dtype", "float32")), arch=arch)
 
 
