@@ -4,6 +4,9 @@ Captions name shape, colour, size, position and background under several templat
 pairs are held out of the training split so zero-shot on unseen compositions is reported separately
 (eval/zeroshot_top1_unseen). Views: one random square crop per image, no flip (captions name positions) and no
 colour jitter (captions name colours); CLIP itself used only random square crops (Sec. 2.5).
+20 epochs (780 steps at batch 256). Measured on 2 CPU cores (idle), 260 s: zero-shot top-1 10.05% (chance 10%)
+-> 55.85% (held-out colour-shape pairs 39.69%), i->t R@1 31.60%, t->i R@1 32.45%, kNN top-1 17.00 -> 62.15;
+after 15 epochs zero-shot reached 48.15%, and lr 4e-3 instead of 2e-3 gave 46.75%.
 """
 import ml_collections
 
@@ -25,6 +28,7 @@ def language_image(c: ml_collections.ConfigDict, name: str, source: str) -> None
   c.optim = dict(name="adamw", lr=2e-3, lr_scaling="none", weight_decay=0.05, warmup_epochs=1, schedule="cosine",
                  exclude_bias_and_norm=True)
   c.eval.monitors = ("zeroshot", "retrieval", "knn")
+  c.num_epochs = 20
 
 
 def apply(c: ml_collections.ConfigDict) -> None:
