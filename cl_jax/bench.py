@@ -40,9 +40,13 @@ Row = dict[str, Any]
 # ----------------------------------------------------------------------------- timing and compiled-program stats
 
 
-def time_rounds(calls: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1) -> dict[str, list[float]]:
+def time_rounds(calls: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1,
+                settle: int = 0) -> dict[str, list[float]]:
   """Wall times in ms of each `call()` (blocked until ready) over `repeats` rounds after `warmup` rounds; each
-  round runs every call once, so drifting load on a shared machine hits all of them alike."""
+  round runs every call once, so drifting load on a shared machine hits all of them alike. With `settle`, each
+  turn first runs its call `settle` times untimed: switching between very different programs (XLA's thread pool
+  and torchvision's single-threaded PIL) otherwise charges the wake-up and cold caches to whoever runs next
+  (measured: the JAX augmentation at 7-9 ms per batch alone, 23 ms right after a torchvision round)."""
   if repeats < 1 or warmup < 0:
     raise ValueError(f"repeats={repeats} must be >= 1 and warmup={warmup} >= 0; pass e.g. --repeats=10.")
   for _ in range(warmup):
@@ -51,6 +55,8 @@ def time_rounds(calls: dict[str, Callable[[], Any]], repeats: int, warmup: int =
   times: dict[str, list[float]] = {name: [] for name in calls}
   for _ in range(repeats):
     for name, call in calls.items():
+      for _ in range(settle):
+        jax.block_until_ready(call())
       start = time.perf_counter()
       jax.block_until_ready(call())
       times[name].append(1e3 * (time.perf_counter() - start))
@@ -336,7 +342,7 @@ def bench_augment(config: ml_collections.ConfigDict, repeats: int, gemm_peak: fl
                    else (None, "torchvision comparison skipped"))
   if tv_call is not None:
     calls["torchvision"] = tv_call
-  times = time_rounds(calls, repeats, warmup)
+  times = time_rounds(calls, repeats, warmup, settle=1)
   n_views = config.batch_size * sum(g.views for g in groups)
   ms, best_ms = statistics.median(times["jax"]), min(times["jax"])
   views_per_sec = n_views / (ms / 1e3)

@@ -155,6 +155,13 @@ def test_time_interleaved_runs_each_call_once_per_round():
   assert order == ["a", "b"] * 3 and set(ms) == {"a", "b"}
 
 
+def test_time_rounds_settle_runs_each_call_untimed_before_its_timed_run():
+  order = []
+  times = bench.time_rounds({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, repeats=2,
+                            warmup=0, settle=2)
+  assert order == ["a", "a", "a", "b", "b", "b"] * 2 and [len(t) for t in times.values()] == [2, 2]
+
+
 def test_measure_rejects_unknown_what():
   with pytest.raises(ValueError, match="Unknown --what='speed'; use one of: step, augment, loss, model"):
     bench.measure(tiny_config(), "speed")
