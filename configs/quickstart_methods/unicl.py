@@ -1,5 +1,6 @@
 """UniCL on the embedded shapes (Yang et al. 2022): half the images paired with a caption, half with a class
 prompt ("mixed"), one image-text-label contrastive loss.
+
 Measured on 2 CPU cores (idle), 780 steps in 246 s: zero-shot top-1 10.05% -> 60.60% (held-out colour-shape pairs
 only 8.40%: the class-prompt half of the data ties each class to its training colours), i->t R@1 24.40%.
 """
