@@ -10,6 +10,7 @@ from jax.sharding import Mesh, PartitionSpec as P
 from PIL import Image
 
 from cl_jax.data import augment as A
+from cl_jax.data import color as C
 from cl_jax.data.view_grid import save_view_grid, view_grid_image
 
 N_KEYS = 2000
@@ -224,16 +225,16 @@ def _np_jitter(x, order, fb, fc, fs, dh):
 
 
 def test_color_jitter_random_order_matches_reference():
-  assert len({tuple(o) for o in A._ORDERS}) == 24 and sorted(A._ORDERS[5]) == [0, 1, 2, 3]
+  assert len({tuple(o) for o in C._ORDERS}) == 24 and sorted(C._ORDERS[5]) == [0, 1, 2, 3]
   x = _rand((4, 4, 3), seed=2)
   picks = list(range(24))  # every order: the hue's position and the other three ops' order
   # uniforms: coin, order, brightness, contrast, saturation, hue (strength 1: b = c = s = 0.8, h = 0.2)
   us = jnp.asarray([[0.0, (k + 0.5) / 24, 0.9, 0.1, 0.95, 0.8] for k in picks], jnp.float32)
-  jitter = jax.jit(jax.vmap(lambda u: A._jitter(x, u, strength=1.0, brightness=0.8, contrast=0.8,
+  jitter = jax.jit(jax.vmap(lambda u: C._jitter(x, u, strength=1.0, brightness=0.8, contrast=0.8,
                                                   saturation=0.8, hue=0.2, p=0.8)))
   outs = np.asarray(jitter(us))
   for k, out in zip(picks, outs):
-    ref = _np_jitter(np.asarray(x, np.float64), A._ORDERS[k], 0.2 + 1.6 * 0.9, 0.2 + 1.6 * 0.1,
+    ref = _np_jitter(np.asarray(x, np.float64), C._ORDERS[k], 0.2 + 1.6 * 0.9, 0.2 + 1.6 * 0.1,
                      0.2 + 1.6 * 0.95, -0.2 + 0.4 * 0.8)
     np.testing.assert_allclose(out, ref, atol=1e-5)
   assert np.abs(outs[0] - outs[23]).max() > 1e-2  # the order matters for these factors

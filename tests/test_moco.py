@@ -1,4 +1,4 @@
-"""MoCo v1/v2: queue InfoNCE vs a float64 NumPy reference, Shuffle BN, and a method step on 8 devices vs 1."""
+"""MoCo v1/v2 (cl_jax.methods.moco: the methods moco_v1 and moco_v2): queue InfoNCE vs a float64 NumPy reference, Shuffle BN, and a method step on 8 devices vs 1."""
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -25,6 +25,7 @@ ftfy.fix_text first; it is used when ftfy is installed (it only repairs mojibake
 """
 from __future__ import annotations
 
+import abc
 import functools
 import gzip
 import html
@@ -135,7 +136,7 @@ def read_merges(path: str, max_merges: int | None = None) -> list[tuple[str, str
   return merges  # type: ignore[return-value]
 
 
-class Tokenizer:
+class Tokenizer(abc.ABC):
   """Shared encode/decode over a token -> id vocabulary; subclasses split a text into vocabulary tokens."""
 
   def __init__(self, vocab: Sequence[str], context_length: int):
@@ -148,9 +149,9 @@ class Tokenizer:
     self.vocab_size = len(self.vocab)
     self.sot_token, self.eot_token = self.encoder[SOT], self.encoder[EOT]
 
+  @abc.abstractmethod
   def text_ids(self, text: str) -> list[int]:
     """Ids of one text, without start/end tokens."""
-    raise NotImplementedError
 
   def encode(self, texts: Sequence[str] | str) -> np.ndarray:
     """int32 [N, context_length]: sot + ids + eot, zero padded; too long -> truncated with eot kept last."""
@@ -173,9 +174,9 @@ class Tokenizer:
       ids = ids[:ids.index(self.eot_token)]
     return ids
 
+  @abc.abstractmethod
   def decode(self, ids: Any) -> str:
     """The text of one row of ids (start token dropped, cut at the end token)."""
-    raise NotImplementedError
 
 
 class BPETokenizer(Tokenizer):
