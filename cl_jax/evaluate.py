@@ -3,11 +3,13 @@
   python -m cl_jax.evaluate --workdir=/tmp/cl_jax_quickstart --protocol=linear          # --nofast: with augmentation
   python -m cl_jax.evaluate --workdir=/tmp/cl_jax_quickstart --protocol=knn --config.eval.knn_k=20
   python -m cl_jax.evaluate --workdir=/tmp/cl_jax_quickstart --protocol=tsne            # PNGs in <workdir>/eval/
+  python -m cl_jax.evaluate --workdir=/tmp/cl_jax_quickstart --protocol=attributes  # shape/colour/size/... kNN
   python -m cl_jax.evaluate --workdir=/tmp/h_clip --protocol=zeroshot     # language-image runs (clip, siglip, unicl)
   python -m cl_jax.evaluate --workdir=/tmp/h_clip --protocol=retrieval    # image<->text recall@1/5/10
 
-linear and knn append {"step", "eval/<protocol>_top1", "eval/<protocol>_top5"} to <workdir>/metrics.jsonl; zeroshot
-appends eval/zeroshot_top1/_top5 (and _top1_unseen/_seen with held-out pairs), retrieval eval/{i2t,t2i}_r{1,5,10}.
+linear and knn append {"step", "eval/<protocol>_top1", "eval/<protocol>_top5"} to <workdir>/metrics.jsonl;
+attributes appends eval/attr_<name> per attribute of the embedded shapes; zeroshot appends eval/zeroshot_top1/_top5
+(and _top1_unseen/_seen with held-out pairs), retrieval eval/{i2t,t2i}_r{1,5,10}.
 `--config.eval.<name>=value` overrides the run's config.eval for this evaluation (names in EVAL_OPTIONS).
 """
 from __future__ import annotations
@@ -72,6 +74,20 @@ def _knn(run, state, specs, workdir, step) -> tuple[dict[str, float], str]:
   line = (f"step {step}: kNN top-1 {acc['eval/knn_top1']:.2f}% (top-5 {acc['eval/knn_top5']:.2f}%) | "
           f"k={option(run.config, 'knn_k')}, T={option(run.config, 'knn_temperature'):g}")
   return acc, line
+
+
+@PROTOCOLS.register("attributes")
+def _attributes(run, state, specs, workdir, step) -> tuple[dict[str, float], str]:
+  """kNN top-1 per attribute of the embedded shapes (shape, colour, size, position, background): shortcut check."""
+  del workdir
+  from cl_jax.eval import attributes  # pylint: disable=g-import-not-at-top
+
+  m = attributes.evaluate_attributes(run, state, specs)
+  base = attributes.chance(run.test_source)
+  line = (f"step {step}: kNN top-1 by attribute: "
+          + ", ".join(f"{n} {m[f'eval/attr_{n}']:.2f}% (chance {base[n]:.1f})" for n in run.test_source.attributes)
+          + f" | k={option(run.config, 'knn_k')}, T={option(run.config, 'knn_temperature'):g}")
+  return m, line
 
 
 @PROTOCOLS.register("tsne")

@@ -12,7 +12,8 @@ from PIL import Image
 
 from cl_jax import evaluate, train
 from cl_jax.data import augment
-from cl_jax.eval import embedding_plot, linear
+from cl_jax.data import shapes
+from cl_jax.eval import attributes, embedding_plot, linear
 from configs import quickstart
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -120,6 +121,38 @@ def test_knn_protocol_writes_metrics(workdir, loaded):
   (row,) = rows(workdir, "eval/knn_top1")
   assert row == {"step": 3, **metrics}
   assert 0.0 <= row["eval/knn_top1"] <= row["eval/knn_top5"] <= 100.0
+
+
+def test_attribute_knn_finds_the_encoded_attribute():
+  # Features that encode only the colour: colour is read perfectly, the shape no better than the majority class.
+  data = shapes.generate(1200, seed=3)
+  attrs = {n: data[key] for n, (key, _) in shapes.ShapesSource.attributes.items()}
+  rng = np.random.default_rng(0)
+  feats = np.eye(8, dtype=np.float32)[data["color"]] * 5.0 + rng.normal(size=(1200, 8)).astype(np.float32) * 0.1
+  acc = attributes.attribute_knn(feats[:200], {n: v[:200] for n, v in attrs.items()}, feats[200:],
+                                 {n: v[200:] for n, v in attrs.items()}, k=50)
+  assert acc["color"] == 100.0
+  majority = 100.0 * np.max(np.bincount(attrs["shape"][:200])) / 200
+  assert acc["shape"] < majority + 8.0 and acc["position"] < 100.0 / 9 + 10.0
+
+
+def test_attributes_protocol_writes_metrics(workdir, loaded, capsys):
+  run, state, specs, step = loaded
+  metrics = evaluate.run_protocol("attributes", run, state, specs, step, workdir)
+  (row,) = rows(workdir, "eval/attr_shape")
+  assert row == {"step": 3, **metrics}
+  assert set(metrics) == {f"eval/attr_{n}" for n in ("shape", "color", "size", "position", "background")}
+  # The shape column is the class: it equals the kNN monitor's top-1 on the same features.
+  knn = train.evaluate_knn(run, train.make_encode(run, specs), state)
+  assert metrics["eval/attr_shape"] == pytest.approx(knn["eval/knn_top1"])
+  assert "kNN top-1 by attribute: shape" in capsys.readouterr().out
+
+
+def test_attributes_protocol_needs_attributes():
+  class Labelled:
+    attributes = None
+  with pytest.raises(ValueError, match="needs per-example attributes; dataset 'cifar10' has only class labels"):
+    attributes.check_source(Labelled(), "cifar10")
 
 
 def test_tsne_protocol_writes_pngs(workdir, loaded):

@@ -417,6 +417,10 @@ class ShapesSource:
   class_names = CLASS_NAMES
   _KEYS = ("image", "label", "index", "mask", "box", "color", "size", "position", "background")
   _ATTRS = ("label", "color", "size", "position", "background", "template")
+  # Per-example attributes an evaluation can probe (cl_jax.eval.attributes): name -> (array key, value names).
+  attributes: dict[str, tuple[str, tuple[str, ...]]] = {
+      "shape": ("label", CLASS_NAMES), "color": ("color", COLOR_NAMES), "size": ("size", SIZE_NAMES),
+      "position": ("position", POSITION_NAMES), "background": ("background", BACKGROUND_NAMES)}
 
   def __init__(self, split: str = "train", *, num_examples: int | None = None,
                image_size: int = 32, seed: int = 0,
@@ -443,6 +447,10 @@ class ShapesSource:
     if not -n <= i < n:
       raise IndexError(f"index {i} out of range for a ShapesSource of {n} examples.")
     return {k: np.asarray(self.arrays[k][i]) for k in self._KEYS}
+
+  def attribute_values(self, name: str) -> np.ndarray:
+    """Every example's value id of attribute `name` (a key of `attributes`), in index order."""
+    return self.arrays[self.attributes[name][0]]
 
   def captions_of(self, i: int) -> list[str]:
     """Example i's caption under each template, starting at its generated one (= captions[i])."""

@@ -1,0 +1,55 @@
+"""Which attributes a representation encodes: weighted kNN top-1 per labelled attribute (shape, colour, size,
+position, background of the embedded `shapes` data).
+
+Self-supervised methods keep what survives their views and may suppress harder features (Chen, Luo, Li 2021,
+"Intriguing Properties of Contrastive Losses", Sec. 4: feature suppression). On `shapes` the class is the shape;
+colour, size, position and background texture are nuisances, so this probe shows whether a run learnt the shape
+or a shortcut.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+
+from cl_jax.eval import knn
+
+
+def attribute_knn(queries: np.ndarray, query_attrs: Mapping[str, np.ndarray], memory: np.ndarray,
+                  memory_attrs: Mapping[str, np.ndarray], k: int = 200, temperature: float = 0.07
+                  ) -> dict[str, float]:
+  """kNN top-1 (%) of each attribute: the features are the same, only the labels voted on change."""
+  out = {}
+  for name, memory_labels in memory_attrs.items():
+    num_values = int(max(np.max(memory_labels), np.max(query_attrs[name]))) + 1
+    out[name] = knn.knn_accuracy(queries, query_attrs[name], memory, memory_labels, num_values, k=k,
+                                 temperature=temperature)["top1"]
+  return out
+
+
+def check_source(source: Any, dataset: str) -> None:
+  """One-line error when the dataset has no per-example attributes to probe."""
+  if not getattr(source, "attributes", None):
+    raise ValueError(f"the attributes protocol needs per-example attributes; dataset '{dataset}' has only class "
+                     "labels (use the knn or linear protocol), or train on the embedded 'shapes' data.")
+
+
+def chance(source: Any) -> dict[str, float]:
+  """Top-1 (%) of always answering an attribute's most frequent value in the test split."""
+  return {name: 100.0 * float(np.max(np.bincount(source.attribute_values(name))) / len(source))
+          for name in source.attributes}
+
+
+def evaluate_attributes(run: Any, state: Any, specs: Any) -> dict[str, float]:
+  """{"eval/attr_<name>": kNN top-1 %} of test-split features against the train split, per attribute."""
+  from cl_jax import train  # pylint: disable=g-import-not-at-top
+
+  check_source(run.train_source, run.config.dataset)
+  encode = train.make_encode(run, specs)
+  memory, _ = train.extract_features(run, encode, state, run.train_source)
+  queries, _ = train.extract_features(run, encode, state, run.test_source)
+  names = run.train_source.attributes
+  acc = attribute_knn(queries, {n: run.test_source.attribute_values(n) for n in names}, memory,
+                      {n: run.train_source.attribute_values(n)[:len(memory)] for n in names},
+                      k=run.config.eval.get("knn_k", 200), temperature=run.config.eval.get("knn_temperature", 0.07))
+  return {f"eval/attr_{n}": v for n, v in acc.items()}
