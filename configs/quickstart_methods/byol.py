@@ -5,6 +5,7 @@ background) and its kNN stays flat, while the contrastive methods gain 11-19 poi
 collapse by train/embedding_std in any run): 351 steps, base_momentum 0.99 with blur 1.0/0.1: kNN top-1
 16.65 -> 16.35; base_momentum 0.95 without blur: 16.65 -> 14.60; 585 steps (these settings): 16.65 -> 16.40;
 585 steps with strong colour views (jitter p 1.0, strength 1.0, hue 0.5, grayscale 0.5): 16.65 -> 16.35.
+60 epochs (2,340 steps, 10 minutes, 4x the budget): 16.65 -> 16.65 (low 14.50 at step 780).
 585 steps with base_momentum 0.9: 16.65 -> 15.75; with crop scale 0.2-1: 16.65 -> 15.35; with LARS (lr 1.0,
 wd 1e-5, trust coefficient 0.02, solo-learn's CIFAR setting): 16.65 -> 13.80.
 Why (`python -m cl_jax.evaluate --workdir=... --protocol=attributes`, kNN top-1 per attribute, 312 steps): shape
