@@ -194,7 +194,7 @@ def test_linear_full_mode_trains_the_head(loaded):
 def test_cli_unknown_protocol_and_empty_workdir(tmp_path):
   result = cli(f"--workdir={tmp_path}", "--protocol=lineer")
   assert result.returncode == 1
-  assert result.stderr.strip() == "error: Unknown protocol 'lineer'; known protocols: knn, linear, retrieval, tsne, zeroshot."
+  assert result.stderr.strip() == "error: Unknown protocol 'lineer'; known protocols: attributes, knn, linear, retrieval, tsne, zeroshot."
   result = cli(f"--workdir={tmp_path}", "--protocol=knn")
   assert result.returncode == 1
   (line,) = result.stderr.strip().splitlines()
