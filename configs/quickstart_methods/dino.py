@@ -7,7 +7,7 @@ instead of 2048-2048-256 -> 65,536: at that size the head costs more than this b
 steps, a faster EMA teacher (momentum 0.99 -> 1 instead of 0.996) and teacher temperature 0.04; AdamW lr 2e-3
 with weight decay 0.04 -> 0.4 (cosine), clipping 3.0 and the last layer frozen for the first epoch.
 
-Measured (loaded machine): teacher kNN top-1 17.55% -> 16.60% after 351 steps, no collapse (teacher entropy
+Measured: teacher kNN top-1 17.55% -> 15.45% after 351 steps (95 s idle; 16.60% on a loaded machine), no collapse (teacher entropy
 ~5 of log 1024 = 6.9, KL ~0.7). The quick-start target (+10 points) is NOT reached with these settings.
 A faster teacher (momentum 0.9 -> 1) over 585 steps did worse: 17.55 -> 12.45, train/embedding_std 0.016
 (near collapse; 1/sqrt(64) = 0.125 when healthy).
