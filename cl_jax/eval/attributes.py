@@ -46,7 +46,8 @@ def evaluate_attributes(run: Any, state: Any, specs: Any) -> dict[str, float]:
 
   check_source(run.train_source, run.config.dataset)
   encode = train.make_encode(run, specs)
-  memory, _ = train.extract_features(run, encode, state, run.train_source)
+  # As the kNN monitor: the train split (or its first eval.knn_train_examples) is the memory.
+  memory, _ = train.extract_features(run, encode, state, run.train_source, run.config.eval.get("knn_train_examples"))
   queries, _ = train.extract_features(run, encode, state, run.test_source)
   names = run.train_source.attributes
   acc = attribute_knn(queries, {n: run.test_source.attribute_values(n) for n in names}, memory,
