@@ -18,13 +18,13 @@ from cl_jax.eval import knn
 def attribute_knn(queries: np.ndarray, query_attrs: Mapping[str, np.ndarray], memory: np.ndarray,
                   memory_attrs: Mapping[str, np.ndarray], k: int = 200, temperature: float = 0.07
                   ) -> dict[str, float]:
-  """kNN top-1 (%) of each attribute: the features are the same, only the labels voted on change."""
-  out = {}
-  for name, memory_labels in memory_attrs.items():
-    num_values = int(max(np.max(memory_labels), np.max(query_attrs[name]))) + 1
-    out[name] = knn.knn_accuracy(queries, query_attrs[name], memory, memory_labels, num_values, k=k,
-                                 temperature=temperature)["top1"]
-  return out
+  """kNN top-1 (%) of each attribute: one neighbour search, then each attribute's labels vote."""
+  names = list(memory_attrs)
+  num_values = 1 + max(int(max(np.max(memory_attrs[n]), np.max(query_attrs[n]))) for n in names)
+  scores = knn.knn_scores(queries, memory, np.stack([memory_attrs[n] for n in names]), num_values, k=k,
+                          temperature=temperature)                    # [A, q, num_values]
+  return {n: 100.0 * float(np.mean(np.argmax(scores[i], axis=1) == np.asarray(query_attrs[n])))
+          for i, n in enumerate(names)}
 
 
 def check_source(source: Any, dataset: str) -> None:

@@ -16,13 +16,18 @@ def _scores(queries: jax.Array, memory: jax.Array, memory_labels: jax.Array, *, 
   sims = l2_normalize(queries) @ l2_normalize(memory).T            # [q, N]
   top_sims, top_idx = jax.lax.top_k(sims, k)
   weights = jnp.exp(top_sims / temperature)                          # [q, k]
-  votes = jax.nn.one_hot(memory_labels[top_idx], num_classes) * weights[..., None]
-  return jnp.sum(votes, axis=1)                                      # [q, C]
+  # memory_labels [N] or [A, N] (A labellings voting over the same neighbours) -> labels [q, k] or [A, q, k].
+  votes = jax.nn.one_hot(jnp.take(memory_labels, top_idx, axis=-1), num_classes) * weights[..., None]
+  return jnp.sum(votes, axis=-2)                                     # [q, C] or [A, q, C]
 
 
 def knn_scores(queries: np.ndarray, memory: np.ndarray, memory_labels: np.ndarray, num_classes: int,
                k: int = 200, temperature: float = 0.07, chunk: int = 512) -> np.ndarray:
-  """Class scores sum_{i in top-k} exp(s_i / T) [label_i == c] for each query, computed in chunks on the device."""
+  """Class scores sum_{i in top-k} exp(s_i / T) [label_i == c] for each query, computed in chunks on the device.
+
+  `memory_labels` [N] gives [q, num_classes]; [A, N] (several labellings of the memory, e.g. attributes) gives
+  [A, q, num_classes] from one neighbour search.
+  """
   k = min(k, len(memory))
   memory, memory_labels = jnp.asarray(memory, jnp.float32), jnp.asarray(memory_labels, jnp.int32)
   out = []
@@ -31,8 +36,8 @@ def knn_scores(queries: np.ndarray, memory: np.ndarray, memory_labels: np.ndarra
     pad = chunk - len(q)   # pad to a fixed chunk so the jitted function compiles once
     q = np.concatenate([q, np.ones((pad, q.shape[1]), np.float32)]) if pad else q
     s = _scores(jnp.asarray(q), memory, memory_labels, num_classes=num_classes, k=k, temperature=temperature)
-    out.append(np.asarray(s)[:chunk - pad])
-  return np.concatenate(out)
+    out.append(np.asarray(s)[..., :chunk - pad, :])
+  return np.concatenate(out, axis=-2)
 
 
 def knn_accuracy(queries: np.ndarray, query_labels: np.ndarray, memory: np.ndarray, memory_labels: np.ndarray,
