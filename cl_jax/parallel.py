@@ -45,6 +45,8 @@ def make_mesh(num_devices: int | None = None) -> Mesh:
 def check_batch_size(global_batch: int, mesh: Mesh) -> int:
   """Returns the per-device batch size, or fails in one line when the batch does not split evenly."""
   n = mesh.size
+  if global_batch < 1:
+    raise ValueError(f"batch_size={global_batch}: must be a positive multiple of the {n} devices.")
   if global_batch % n:
     raise ValueError(f"Global batch {global_batch} is not divisible by the {n} devices; "
                      f"set batch_size to a multiple of {n}.")

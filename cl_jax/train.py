@@ -22,7 +22,7 @@ from cl_jax import checkpoint, optim, parallel, preemption, reporting, workdir a
 from cl_jax.data import augment, pipeline, sources
 from cl_jax.eval import knn, online_probe
 from cl_jax.data.view_grid import view_grid_image
-from cl_jax.methods import Method, get_method
+from cl_jax.methods import Method, RunFacts, get_method, method_class
 from cl_jax.registry import Registry
 
 TrainState = dict[str, Any]   # {"step", "params", "opt_state", "method_state"[, "probe"]}
@@ -49,7 +49,7 @@ def build_run(config: ml_collections.ConfigDict) -> Run:
   """Validates the config and builds mesh, method, optimizer and data sources; fails fast with one line."""
   mesh = parallel.make_mesh(config.get("parallel", {}).get("num_devices"))
   local_batch = parallel.check_batch_size(config.batch_size, mesh)
-  get_method(config)   # an unknown method name fails before any data is built
+  method_class(config)   # an unknown method name fails before any data is built
   data_cfg = config.data.copy_and_resolve_references()
   with data_cfg.unlocked():
     data_cfg.dataset = config.dataset
@@ -63,8 +63,8 @@ def build_run(config: ml_collections.ConfigDict) -> Run:
     raise ValueError(f"batch_size {config.batch_size} is larger than the {len(train_source)} training examples; "
                      "lower batch_size.")
   total_steps = config.get("total_steps", 0) or int(math.ceil(config.num_epochs * steps_per_epoch))
-  method = get_method(config, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
-                      num_train=len(train_source))
+  method = get_method(config, RunFacts(total_steps=total_steps, steps_per_epoch=steps_per_epoch,
+                                       num_train=len(train_source), num_devices=mesh.size))
   tx, schedule = optim.build_optimizer(config.optim, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
                                        batch_size=config.batch_size)
   return Run(config, mesh, method, tx, schedule, train_source, test_source, local_batch, steps_per_epoch,

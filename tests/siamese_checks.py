@@ -6,7 +6,7 @@ from jax.sharding import PartitionSpec as P
 
 from cl_jax import parallel, train
 from cl_jax.data import pipeline
-from cl_jax.methods import get_method
+from tests.tiny_runs import build_method
 from configs import quickstart
 
 SGD_LR = 0.1
@@ -53,7 +53,7 @@ def method_step(method, params, state, crops, step, num_devices):
 
 def init_method(config, total_steps=10, seed=0):
   """The method, its (params, state) and a fixed [2, B, 32, 32, 3] batch of views (no augmentation)."""
-  method = get_method(config, total_steps=total_steps)
+  method = build_method(config, total_steps=total_steps)
   rng = np.random.default_rng(seed)
   crops = rng.normal(size=(2, config.batch_size, 32, 32, 3)).astype(np.float32)
   params, state = jax.jit(method.init)(jax.random.key(seed), {"crops": (crops,)})

@@ -13,7 +13,7 @@ from jax.sharding import PartitionSpec as P
 from cl_jax import parallel, train
 from cl_jax.data import augment, shapes
 from cl_jax.eval import retrieval, zeroshot
-from cl_jax.methods import get_method
+from tests.tiny_runs import build_method
 from configs import quickstart
 
 
@@ -37,7 +37,7 @@ def batch():
 @pytest.mark.parametrize("name", ["clip", "siglip", "unicl"])
 def test_loss_decreases_on_a_fixed_batch(batch, name):
   config = tiny_config(name)
-  method = get_method(config)
+  method = build_method(config)
   mesh = parallel.make_mesh()
   tokens = method.tokenizer.encode(list(batch["caption"]))
   # UniCL: half the texts are class prompts (label = class id), half captions (-1), as data.text.source='mixed'.
@@ -82,7 +82,7 @@ def test_missing_text_is_a_one_line_error():
   config = tiny_config("clip")
   del config.data["text"]
   with pytest.raises(ValueError, match="config.data.text"):
-    get_method(config)
+    build_method(config)
 
 
 def test_tiny_clip_run_reports_zeroshot_and_retrieval(tmp_path):

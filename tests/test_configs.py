@@ -68,6 +68,6 @@ def test_cli_bad_dataset_is_one_line_error(tmp_path):
   cmd = [sys.executable, "-m", "cl_jax.main", "--config=configs/quickstart.py:runlocal",
          f"--config.dataset=folder:{tmp_path / 'missing'}", f"--workdir={tmp_path / 'run'}"]
   out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
-  assert out.returncode == 1
+  assert out.returncode == 2
   last = out.stderr.strip().splitlines()[-1]
   assert last.startswith("error: ") and "missing" in last

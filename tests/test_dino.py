@@ -10,7 +10,7 @@ from jax.sharding import PartitionSpec as P
 from cl_jax import parallel, train
 from cl_jax.data.augment import group
 from cl_jax.losses import distill
-from cl_jax.methods import get_method
+from tests.tiny_runs import build_method
 from cl_jax.models.dino_head import DINOHead
 from tests.tiny_runs import tiny_config
 
@@ -159,7 +159,7 @@ def dino_config(**overrides) -> ml_collections.ConfigDict:
 @pytest.fixture(scope="module")
 def method_and_inputs():
   config = dino_config()
-  method = get_method(config, total_steps=10, steps_per_epoch=5)
+  method = build_method(config, total_steps=10, steps_per_epoch=5)
   rng = np.random.default_rng(1)
   crops = (rng.normal(size=(2, 16, 16, 16, 3)).astype(np.float32),
            rng.normal(size=(3, 16, 8, 8, 3)).astype(np.float32))

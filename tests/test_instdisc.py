@@ -7,7 +7,7 @@ from jax.sharding import PartitionSpec as P
 
 from cl_jax import parallel
 from cl_jax.losses.nce import instdisc_nce, instdisc_softmax
-from cl_jax.methods import get_method
+from tests.tiny_runs import build_method
 from tests import momentum_harness as mh
 
 N, D, B, M, TAU = 64, 8, 16, 24, 0.07
@@ -87,7 +87,7 @@ def test_eight_devices_equal_one_value_and_gradient(data, kind):
 def method_setup():
   c = mh.config(dict(name="instdisc", loss="nce", temperature=0.07, num_negatives=32, proj_dim=16, bank_size=64),
                 views=1)
-  method = get_method(c)
+  method = build_method(c)
   views = mh.batch_views(c, 16, num_train=64)
   params, state = jax.jit(method.init)(jax.random.key(0, impl="rbg"), views)
   return method, params, state, views, mh.run_step(method, params, state, views, parallel.make_mesh(1))
@@ -119,8 +119,8 @@ def test_missing_bank_size_is_one_line_error():
   c = mh.config(dict(name="instdisc"), views=1)
   del c.data["num_train"]
   with pytest.raises(ValueError, match="set method.bank_size"):
-    get_method(c).num_data   # pylint: disable=expression-not-assigned
-  assert get_method(c, num_train=77).num_data == 77   # the loop passes the training split's size
+    build_method(c).num_data   # pylint: disable=expression-not-assigned
+  assert build_method(c, num_train=77).num_data == 77   # the loop passes the training split's size
   with c.unlocked():
     c.method.bank_size = 50
-  assert get_method(c, num_train=77).num_data == 50   # an explicit bank size wins
+  assert build_method(c, num_train=77).num_data == 50   # an explicit bank size wins

@@ -7,7 +7,7 @@ from jax.sharding import PartitionSpec as P
 
 from cl_jax import parallel
 from cl_jax.losses.invaspread import invaspread_loss
-from cl_jax.methods import get_method
+from tests.tiny_runs import build_method
 from tests import momentum_harness as mh
 
 
@@ -70,7 +70,7 @@ def test_eight_devices_equal_one_value_and_gradient(embeddings):
 
 def test_method_eight_devices_equal_one_and_few_steps_decrease():
   c = mh.config(dict(name="invaspread", temperature=0.1, proj_dim=16))
-  method = get_method(c)
+  method = build_method(c)
   views = mh.batch_views(c, 16)
   params, state = jax.jit(method.init)(jax.random.key(0, impl="rbg"), views)
   mesh = parallel.make_mesh()

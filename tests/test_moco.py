@@ -7,7 +7,7 @@ from jax.sharding import PartitionSpec as P
 
 from cl_jax import parallel
 from cl_jax.losses.queue import queue_info_nce
-from cl_jax.methods import get_method
+from tests.tiny_runs import build_method
 from cl_jax.methods.shuffle_bn import shuffled_apply
 from tests import momentum_harness as mh
 
@@ -89,7 +89,7 @@ def _moco(name, bn, bn_splits):
   c = mh.config(dict(name=name, temperature=0.2, momentum=0.9, queue_size=128, proj_hidden=32, proj_dim=16,
                      shuffle_bn=True, bn_splits=bn_splits))
   c.model.bn = bn
-  return c, get_method(c)
+  return c, build_method(c)
 
 
 @pytest.fixture(scope="module", params=["moco_v2"])
@@ -137,7 +137,7 @@ def test_moco_few_steps_finite_and_queue_wraps(moco_setup):
 
 def test_queue_not_divisible_by_batch_is_one_line_error():
   c = mh.config(dict(name="moco_v1", temperature=0.07, queue_size=40, proj_dim=8))
-  method = get_method(c)
+  method = build_method(c)
   views = mh.batch_views(c, 16)
   params, state = jax.eval_shape(method.init, jax.random.key(0), views)
   with pytest.raises(ValueError, match="queue_size 40 is not divisible by the global batch 16"):

@@ -14,3 +14,11 @@ def tiny_config(**overrides):
       target = target[p]
     target[last] = v
   return c
+
+
+def build_method(config, total_steps=1, steps_per_epoch=1, num_train=0, num_devices=None):
+  """`get_method` with explicit run facts (there are no defaults); the mesh size defaults to every device."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from cl_jax.methods import RunFacts, get_method  # pylint: disable=g-import-not-at-top
+  return get_method(config, RunFacts(total_steps=total_steps, steps_per_epoch=steps_per_epoch, num_train=num_train,
+                                     num_devices=num_devices or jax.device_count()))

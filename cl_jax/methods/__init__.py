@@ -6,7 +6,7 @@ import pkgutil
 
 import ml_collections
 
-from cl_jax.methods.base import Method
+from cl_jax.methods.base import Method, RunFacts
 from cl_jax.registry import Registry
 
 METHODS: Registry[type[Method]] = Registry("method")
@@ -30,16 +30,18 @@ def _import_all() -> None:
       _IMPORT_ERRORS[info.name] = f"{type(e).__name__}: {e}"
 
 
-def get_method(config: ml_collections.ConfigDict, *, total_steps: int = 1, steps_per_epoch: int = 1,
-               num_train: int = 0) -> Method:
-  """Instantiates the method named by `config.method.name`; schedules (momentum, temperature) see the run length,
-  memory banks the training split's size."""
+def method_class(config: ml_collections.ConfigDict) -> type[Method]:
+  """The class named by `config.method.name` (one line listing the known names if there is none)."""
   _import_all()
   name = config.method.name
   if name not in METHODS and _IMPORT_ERRORS:
     broken = "; ".join(f"cl_jax/methods/{m}.py: {e}" for m, e in sorted(_IMPORT_ERRORS.items()))
     raise ValueError(f"Unknown method '{name}'; known methods: {', '.join(METHODS.names())} "
                      f"(modules that failed to import: {broken}).")
-  method = METHODS.get(name)(config)
-  method.total_steps, method.steps_per_epoch, method.num_train = int(total_steps), int(steps_per_epoch), int(num_train)
-  return method
+  return METHODS.get(name)
+
+
+def get_method(config: ml_collections.ConfigDict, run_facts: RunFacts) -> Method:
+  """Instantiates the method named by `config.method.name` for a run described by `run_facts` (required: a
+  schedule without the run length would silently be wrong)."""
+  return method_class(config)(config, run_facts)

@@ -2,16 +2,34 @@
 from __future__ import annotations
 
 import abc
-from typing import Any
+import dataclasses
+from typing import Any, ClassVar
 
 import jax
 import ml_collections
 from jax.sharding import PartitionSpec as P
 
+from cl_jax.schema import Field, validate
+
 Params = Any
 State = Any
 Views = dict[str, Any]   # {"crops": (one [V, b, H, W, C] array per crop group), **other batch fields}
 Metrics = dict[str, jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class RunFacts:
+  """What a method needs to know of the run, with no defaults: schedules (EMA momentum, teacher temperature) use
+  the run length, memory banks the training split's size, padding the mesh size."""
+  total_steps: int
+  steps_per_epoch: int
+  num_train: int
+  num_devices: int
+
+  def __post_init__(self):
+    for name in ("total_steps", "steps_per_epoch", "num_devices"):
+      if int(getattr(self, name)) < 1:
+        raise ValueError(f"RunFacts.{name}={getattr(self, name)}: must be >= 1.")
 
 
 class Method(abc.ABC):
@@ -21,14 +39,20 @@ class Method(abc.ABC):
   'data', e.g. a psum/pmean of local terms): its gradient is then the exact gradient of the global-batch loss.
   """
 
-  # Set by `get_method` from the run length, for step-dependent schedules (EMA momentum, temperatures), and
-  # the training split's size (e.g. InstDisc's memory bank rows; 0 = not known).
-  total_steps: int = 1
-  steps_per_epoch: int = 1
-  num_train: int = 0
+  # The fields of `config.method` this method reads, with defaults and ranges; any other key fails at start-up
+  # with one line naming the nearest known field. The validated section is `self.hp` (defaults filled in).
+  SCHEMA: ClassVar[dict[str, Field]] = {}
 
-  def __init__(self, config: ml_collections.ConfigDict):
+  def __init__(self, config: ml_collections.ConfigDict, run_facts: RunFacts):
+    if not isinstance(run_facts, RunFacts):
+      raise TypeError(f"{type(self).__name__} needs run_facts=RunFacts(total_steps=..., steps_per_epoch=..., "
+                      f"num_train=..., num_devices=...), got {run_facts!r}.")
     self.config = config
+    self.run_facts = run_facts
+    self.total_steps = int(run_facts.total_steps)
+    self.steps_per_epoch = int(run_facts.steps_per_epoch)
+    self.num_train = int(run_facts.num_train)
+    self.hp = ml_collections.ConfigDict(validate("method", config.method, self.SCHEMA))
 
   @abc.abstractmethod
   def init(self, key: jax.Array, views: Views) -> tuple[Params, State]:

@@ -8,7 +8,8 @@ from cl_jax import parallel
 from cl_jax.eval.collapse import embedding_std
 from cl_jax.losses.regression import byol_regression
 from cl_jax.methods import METHODS
-from cl_jax.methods.base import Method, Views
+from cl_jax.schema import Field
+from cl_jax.methods.base import Method, RunFacts, Views
 from cl_jax.methods.ema import cosine_momentum, ema_update
 from cl_jax.methods.simclr import bn_axis
 from cl_jax.models import build_backbone
@@ -40,16 +41,19 @@ class BYOL(Method):
 
   name = "BYOL"
 
-  def __init__(self, config: ml_collections.ConfigDict):
-    super().__init__(config)
-    m = config.method
+  SCHEMA = {"base_momentum": Field(0.996, low=0, high=1), "proj_hidden": Field(4096, low=1),
+            "proj_dim": Field(256, low=1), "pred_hidden": Field(4096, low=1)}
+
+  def __init__(self, config: ml_collections.ConfigDict, run_facts: RunFacts):
+    super().__init__(config, run_facts)
+    m = self.hp
     axis = bn_axis(config)
-    self.base_momentum = float(m.get("base_momentum", 0.996))
+    self.base_momentum = float(m["base_momentum"])
     if not 0.0 <= self.base_momentum <= 1.0:
       raise ValueError(f"method.base_momentum={self.base_momentum} must lie in [0, 1]; BYOL uses 0.996.")
     self.encoder = Encoder(backbone=build_backbone(config.model),
-                           head=byol_mlp(m.get("proj_hidden", 4096), m.get("proj_dim", 256), axis))
-    self.predictor = byol_mlp(m.get("pred_hidden", 4096), m.get("proj_dim", 256), axis)
+                           head=byol_mlp(m["proj_hidden"], m["proj_dim"], axis))
+    self.predictor = byol_mlp(m["pred_hidden"], m["proj_dim"], axis)
 
   def init(self, key: jax.Array, views: Views):
     x = views["crops"][0][0]

@@ -14,7 +14,8 @@ from cl_jax.eval.collapse import embedding_std
 from cl_jax.losses.clip import LOGIT_SCALE_INIT, clip_loss
 from cl_jax.losses.contrastive import l2_normalize
 from cl_jax.methods import METHODS
-from cl_jax.methods.base import Method, Views
+from cl_jax.schema import Field
+from cl_jax.methods.base import Method, RunFacts, Views
 from cl_jax.models import build_backbone
 from cl_jax.models.text import TextTransformer, build_text_model
 
@@ -64,20 +65,23 @@ class CLIP(Method):
   crops) and `views["tokens"]`. `encode` gives backbone features (kNN/linear); `encode_image_embedding` and
   `encode_text` the normalised joint-space embeddings (zero-shot, retrieval)."""
 
-  def __init__(self, config: ml_collections.ConfigDict):
-    super().__init__(config)
-    m = config.method
+  SCHEMA = {"embed_dim": Field(256, low=1), "image_projection": Field(True, choices=(True, False)),
+            "logit_scale_init": Field(LOGIT_SCALE_INIT, low=0, open_low=True)}
+
+  def __init__(self, config: ml_collections.ConfigDict, run_facts: RunFacts):
+    super().__init__(config, run_facts)
+    m = self.hp
     self.tokenizer: Tokenizer = build_tokenizer(text_config(config))
-    self.embed_dim = int(m.get("embed_dim", 256))
+    self.embed_dim = int(m["embed_dim"])
     text = build_text_model(config.get("text_model", ml_collections.ConfigDict()), self.tokenizer.vocab_size,
                             self.tokenizer.context_length, self.embed_dim)
     self.model = DualEncoder(build_backbone(config.model), text, self.embed_dim,
-                             bool(m.get("image_projection", True)))
+                             bool(m["image_projection"]))
 
   # ---------------------------------------------------------------- per-method hooks (SigLIP, UniCL override)
   def loss_params(self) -> dict[str, jax.Array]:
     """The learnable scalars of the loss: CLIP's log logit scale, init log(1/0.07) (Sec. 2.5)."""
-    return {"logit_scale": jnp.asarray(self.config.method.get("logit_scale_init", LOGIT_SCALE_INIT), jnp.float32)}
+    return {"logit_scale": jnp.asarray(self.self.hp.logit_scale_init, jnp.float32)}
 
   def contrastive_loss(self, params: Any, z_img: jax.Array, z_txt: jax.Array,
                        views: Views) -> tuple[jax.Array, dict[str, jax.Array]]:

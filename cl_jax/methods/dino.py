@@ -9,16 +9,12 @@ from cl_jax import parallel
 from cl_jax.eval.collapse import embedding_std
 from cl_jax.losses.distill import dino_loss, teacher_temperature, update_center
 from cl_jax.methods import METHODS
-from cl_jax.methods.base import Method, Views
+from cl_jax.schema import Field
+from cl_jax.methods.base import Method, RunFacts, Views
 from cl_jax.methods.ema import cosine_momentum, ema_update
 from cl_jax.models import build_backbone
 from cl_jax.models.dino_head import DINOHead, MultiCropEncoder
 from cl_jax.models.registry import parse_bn, parse_dtype
-
-_DEFAULTS = dict(out_dim=65536, hidden_dim=2048, bottleneck_dim=256, num_layers=3, use_bn_in_head=False,
-                 norm_last_layer=True, momentum=0.996, student_temp=0.1, warmup_teacher_temp=0.04,
-                 teacher_temp=0.04, warmup_teacher_temp_epochs=0, center_momentum=0.9, encode_with="teacher")
-
 
 @METHODS.register("dino")
 class DINO(Method):
@@ -31,15 +27,17 @@ class DINO(Method):
   'student'). The first crop group of config.augment holds the global crops (the only ones the teacher sees).
   """
 
-  def __init__(self, config: ml_collections.ConfigDict):
-    super().__init__(config)
-    m = {**_DEFAULTS, **dict(config.method)}
-    self.m = ml_collections.ConfigDict(m)
-    if m["encode_with"] not in ("teacher", "student"):
-      raise ValueError(f"Unknown method.encode_with '{m['encode_with']}'; use 'teacher' or 'student'.")
-    if not 0.0 <= m["momentum"] <= 1.0 or not 0.0 <= m["center_momentum"] <= 1.0:
-      raise ValueError(f"DINO momentum {m['momentum']} and center_momentum {m['center_momentum']} must lie in "
-                       "[0, 1]; the paper uses 0.996 and 0.9.")
+  SCHEMA = {"out_dim": Field(65536, low=1), "hidden_dim": Field(2048, low=1), "bottleneck_dim": Field(256, low=1),
+            "num_layers": Field(3, low=1), "use_bn_in_head": Field(False, choices=(True, False)),
+            "norm_last_layer": Field(True, choices=(True, False)), "momentum": Field(0.996, low=0, high=1),
+            "student_temp": Field(0.1, low=0, open_low=True), "warmup_teacher_temp": Field(0.04, low=0, open_low=True),
+            "teacher_temp": Field(0.04, low=0, open_low=True), "warmup_teacher_temp_epochs": Field(0, low=0),
+            "center_momentum": Field(0.9, low=0, high=1),
+            "encode_with": Field("teacher", choices=("teacher", "student"))}
+
+  def __init__(self, config: ml_collections.ConfigDict, run_facts: RunFacts):
+    super().__init__(config, run_facts)
+    m = self.m = self.hp
     head = DINOHead(out_dim=int(m["out_dim"]), hidden_dim=int(m["hidden_dim"]),
                     bottleneck_dim=int(m["bottleneck_dim"]), num_layers=int(m["num_layers"]),
                     use_bn=bool(m["use_bn_in_head"]), norm_last_layer=bool(m["norm_last_layer"]),

@@ -10,7 +10,8 @@ from cl_jax.eval.collapse import embedding_std
 from cl_jax.losses.contrastive import l2_normalize
 from cl_jax.losses.nce import instdisc_nce, instdisc_softmax
 from cl_jax.methods import METHODS, memory_bank
-from cl_jax.methods.base import Method, Views
+from cl_jax.schema import Field
+from cl_jax.methods.base import Method, RunFacts, Views
 from cl_jax.models import build_backbone
 from cl_jax.models.encoder import Encoder
 from cl_jax.models.heads import MLP
@@ -33,14 +34,18 @@ class InstDisc(Method):
   """InstDisc (Wu et al. 2018): one crop per image, 128-d L2-normalised features, a memory bank of every training
   example's feature (momentum 0.5), and NCE with m = 4096 uniform noise rows (Eq. 5-8) or the full softmax (Eq. 2)."""
 
-  def __init__(self, config: ml_collections.ConfigDict):
-    super().__init__(config)
-    m = config.method
-    self.temperature = float(m.get("temperature", 0.07))
-    self.num_negatives = int(m.get("num_negatives", 4096))
-    self.bank_momentum = float(m.get("bank_momentum", 0.5))
-    self.dim = int(m.get("proj_dim", 128))
-    self.loss_name = m.get("loss", "nce")
+  SCHEMA = {"temperature": Field(0.07, low=0, open_low=True), "num_negatives": Field(4096, low=1),
+            "bank_momentum": Field(0.5, low=0, high=1), "proj_dim": Field(128, low=1),
+            "loss": Field("nce", choices=_LOSSES), "bank_size": Field(0, low=0)}
+
+  def __init__(self, config: ml_collections.ConfigDict, run_facts: RunFacts):
+    super().__init__(config, run_facts)
+    m = self.hp
+    self.temperature = float(m["temperature"])
+    self.num_negatives = int(m["num_negatives"])
+    self.bank_momentum = float(m["bank_momentum"])
+    self.dim = int(m["proj_dim"])
+    self.loss_name = m["loss"]
     if self.loss_name not in _LOSSES:
       raise ValueError(f"Unknown InstDisc loss '{self.loss_name}'; set method.loss to one of: {', '.join(_LOSSES)}.")
     self.model = Encoder(backbone=build_backbone(config.model), head=MLP((), self.dim))   # fc to 128-d
@@ -55,7 +60,8 @@ class InstDisc(Method):
     # Official init: uniform in +-1/sqrt(D/3), so E||v||^2 = 1; rows become unit vectors once visited.
     stdv = 1.0 / (self.dim / 3) ** 0.5
     # Padded to a multiple of the devices so the rows split evenly; padding rows are never sampled or scored.
-    rows = -(-self.num_data // jax.device_count()) * jax.device_count()
+    n_dev = self.run_facts.num_devices   # the mesh's size, not every device the process sees
+    rows = -(-self.num_data // n_dev) * n_dev
     bank = jax.random.uniform(bkey, (rows, self.dim), jnp.float32, -stdv, stdv)
     return variables["params"], {"batch_stats": variables.get("batch_stats", {}), "bank": bank,
                                  "z": -jnp.ones((), jnp.float32)}

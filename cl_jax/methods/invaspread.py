@@ -8,7 +8,8 @@ from cl_jax import parallel
 from cl_jax.eval.collapse import embedding_std
 from cl_jax.losses.invaspread import invaspread_loss
 from cl_jax.methods import METHODS
-from cl_jax.methods.base import Method, Views
+from cl_jax.schema import Field
+from cl_jax.methods.base import Method, RunFacts, Views
 from cl_jax.models import build_backbone
 from cl_jax.models.encoder import Encoder
 from cl_jax.models.heads import MLP
@@ -19,11 +20,13 @@ class InvaSpread(Method):
   """InvaSpread (Ye et al. 2019, Sec. 3.2, Fig. 2): a Siamese pass of two views through one encoder with a linear
   128-d L2-normalised embedding; each image's other view is its positive, the rest of the global batch negatives."""
 
-  def __init__(self, config: ml_collections.ConfigDict):
-    super().__init__(config)
-    m = config.method
-    self.temperature = float(m.get("temperature", 0.1))
-    self.model = Encoder(backbone=build_backbone(config.model), head=MLP((), int(m.get("proj_dim", 128))))
+  SCHEMA = {"temperature": Field(0.1, low=0, open_low=True), "proj_dim": Field(128, low=1)}
+
+  def __init__(self, config: ml_collections.ConfigDict, run_facts: RunFacts):
+    super().__init__(config, run_facts)
+    m = self.hp
+    self.temperature = float(m["temperature"])
+    self.model = Encoder(backbone=build_backbone(config.model), head=MLP((), int(m["proj_dim"])))
 
   def init(self, key: jax.Array, views: Views):
     variables = self.model.init(key, views["crops"][0][0], train=False)

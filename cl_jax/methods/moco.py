@@ -10,7 +10,8 @@ from cl_jax.eval.collapse import embedding_std
 from cl_jax.losses.contrastive import l2_normalize
 from cl_jax.losses.queue import queue_info_nce
 from cl_jax.methods import METHODS, ema, memory_bank
-from cl_jax.methods.base import Method, Views
+from cl_jax.schema import Field
+from cl_jax.methods.base import Method, RunFacts, Views
 from cl_jax.methods.shuffle_bn import shuffled_apply
 from cl_jax.models import build_backbone
 from cl_jax.models.encoder import Encoder
@@ -25,21 +26,25 @@ class _MoCo(Method):
 
   version: int = 1
 
-  def __init__(self, config: ml_collections.ConfigDict):
-    super().__init__(config)
-    m = config.method
+  SCHEMA = {"temperature": Field(0.07, low=0, open_low=True), "momentum": Field(0.999, low=0, high=1),
+            "queue_size": Field(65536, low=1), "proj_dim": Field(128, low=1), "proj_hidden": Field(2048, low=1),
+            "shuffle_bn": Field(True, choices=(True, False)), "bn_splits": Field(1, low=1)}
+
+  def __init__(self, config: ml_collections.ConfigDict, run_facts: RunFacts):
+    super().__init__(config, run_facts)
+    m = self.hp
     self.temperature = float(m.temperature)
-    self.momentum = float(m.get("momentum", 0.999))
-    self.queue_size = int(m.get("queue_size", 65536))
-    self.dim = int(m.get("proj_dim", 128))
-    self.shuffle_bn = bool(m.get("shuffle_bn", True))
-    self.bn_splits = int(m.get("bn_splits", 1))
+    self.momentum = float(m["momentum"])
+    self.queue_size = int(m["queue_size"])
+    self.dim = int(m["proj_dim"])
+    self.shuffle_bn = bool(m["shuffle_bn"])
+    self.bn_splits = int(m["bn_splits"])
     if not 0.0 <= self.momentum <= 1.0:
       raise ValueError(f"MoCo momentum {self.momentum} must lie in [0, 1]; set method.momentum (paper: 0.999).")
     if self.version == 1:
       head = MLP((), self.dim)                                    # v1: linear fc to 128-d (Sec. 3.3)
     else:
-      head = MLP((int(m.get("proj_hidden", 2048)),), self.dim)    # v2: 2048-d hidden layer + ReLU (Sec. 2)
+      head = MLP((int(m["proj_hidden"]),), self.dim)    # v2: 2048-d hidden layer + ReLU (Sec. 2)
     self.model = Encoder(backbone=build_backbone(config.model), head=head)
 
   def init(self, key: jax.Array, views: Views):

@@ -14,7 +14,8 @@ from cl_jax import parallel
 from cl_jax.eval.collapse import embedding_std
 from cl_jax.losses.infonce import moco_v3_ctr
 from cl_jax.methods import METHODS
-from cl_jax.methods.base import Method, Views
+from cl_jax.schema import Field
+from cl_jax.methods.base import Method, RunFacts, Views
 from cl_jax.methods.byol import two_views
 from cl_jax.methods.ema import cosine_momentum, ema_update
 from cl_jax.methods.simclr import bn_axis
@@ -54,12 +55,16 @@ class MoCoV3(Method):
   Official defaults: ViT projector 3 layers, predictor with output BN; ResNet projector 2 layers, predictor without.
   """
 
-  def __init__(self, config: ml_collections.ConfigDict):
-    super().__init__(config)
-    m = config.method
+  SCHEMA = {"temperature": Field(1.0, low=0, open_low=True), "base_momentum": Field(0.99, low=0, high=1),
+            "dim": Field(256, low=1), "mlp_dim": Field(4096, low=1), "proj_layers": Field(3, low=1),
+            "pred_last_bn": Field(True, choices=(True, False))}
+
+  def __init__(self, config: ml_collections.ConfigDict, run_facts: RunFacts):
+    super().__init__(config, run_facts)
+    m = self.hp
     axis = bn_axis(config)
-    self.temperature = float(m.get("temperature", 1.0))
-    self.base_momentum = float(m.get("base_momentum", 0.99))
+    self.temperature = float(m["temperature"])
+    self.base_momentum = float(m["base_momentum"])
     if self.temperature <= 0:
       raise ValueError(f"method.temperature={self.temperature} must be > 0; MoCo v3 uses 0.2 (ViT) or 1.0 (ResNet).")
     if not 0.0 <= self.base_momentum <= 1.0:
@@ -68,12 +73,12 @@ class MoCoV3(Method):
     if config.model.get("frozen_patch_embed", False) and not any("patch_embed" in f for f in frozen):
       raise ValueError("model.frozen_patch_embed stops the patch projection's gradient but weight decay would still "
                        "shrink it; also set optim.frozen=('patch_embed',).")
-    hidden, dim, layers = m.get("mlp_dim", 4096), m.get("dim", 256), m.get("proj_layers", 3)
+    hidden, dim, layers = m["mlp_dim"], m["dim"], m["proj_layers"]
     if layers < 1:
       raise ValueError(f"method.proj_layers={layers} must be >= 1; MoCo v3 uses 3 (ViT) or 2 (ResNet).")
     self.encoder = Encoder(backbone=build_backbone(config.model),
                            head=MoCoV3MLP((hidden,) * (layers - 1), dim, True, axis))
-    self.predictor = MoCoV3MLP((hidden,), dim, bool(m.get("pred_last_bn", True)), axis)
+    self.predictor = MoCoV3MLP((hidden,), dim, bool(m["pred_last_bn"]), axis)
 
   def init(self, key: jax.Array, views: Views):
     x = views["crops"][0][0]

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 from cl_jax import parallel
 from cl_jax.losses.siglip import BIAS_INIT, LOG_TEMPERATURE_INIT, siglip_loss
 from cl_jax.methods import METHODS
+from cl_jax.schema import Field
 from cl_jax.methods.clip import CLIP
 
 
@@ -15,10 +16,13 @@ class SigLIP(CLIP):
   """SigLIP (Zhai et al. 2023, Alg. 1, Sec. 3.2-3.3): sigmoid loss over all image-text pairs with a learnable
   temperature t' (init log 10) and bias b (init -10); across devices the texts rotate around the ring."""
 
+  SCHEMA = {**CLIP.SCHEMA, "log_temperature_init": Field(LOG_TEMPERATURE_INIT),
+            "bias_init": Field(BIAS_INIT)}
+
   def loss_params(self) -> dict[str, jax.Array]:
-    m = self.config.method
-    return {"log_temperature": jnp.asarray(m.get("log_temperature_init", LOG_TEMPERATURE_INIT), jnp.float32),
-            "bias": jnp.asarray(m.get("bias_init", BIAS_INIT), jnp.float32)}
+    m = self.hp
+    return {"log_temperature": jnp.asarray(m["log_temperature_init"], jnp.float32),
+            "bias": jnp.asarray(m["bias_init"], jnp.float32)}
 
   def contrastive_loss(self, params, z_img, z_txt, views):
     del views

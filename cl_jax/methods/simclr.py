@@ -8,7 +8,8 @@ from cl_jax import parallel
 from cl_jax.eval.collapse import embedding_std
 from cl_jax.losses.contrastive import nt_xent
 from cl_jax.methods import METHODS
-from cl_jax.methods.base import Method, Views
+from cl_jax.schema import Field
+from cl_jax.methods.base import Method, RunFacts, Views
 from cl_jax.models import build_backbone
 from cl_jax.models.encoder import Encoder
 from cl_jax.models.heads import simclr_head
@@ -23,13 +24,16 @@ def bn_axis(config: ml_collections.ConfigDict) -> str | None:
 class SimCLR(Method):
   """SimCLR (Chen et al. 2020, Alg. 1; v2: Chen et al. 2020b, Sec. 2, 3-layer projection head)."""
 
-  def __init__(self, config: ml_collections.ConfigDict):
-    super().__init__(config)
-    m = config.method
+  SCHEMA = {"temperature": Field(0.1, low=0, open_low=True), "proj_hidden": Field(2048, low=1),
+            "proj_dim": Field(128, low=1), "version": Field(1, choices=(1, 2))}
+
+  def __init__(self, config: ml_collections.ConfigDict, run_facts: RunFacts):
+    super().__init__(config, run_facts)
+    m = self.hp
     self.temperature = m.temperature
     self.model = Encoder(
         backbone=build_backbone(config.model),
-        head=simclr_head(m.get("version", 1), m.proj_hidden, m.proj_dim, bn_axis(config)))
+        head=simclr_head(m["version"], m.proj_hidden, m.proj_dim, bn_axis(config)))
 
   def init(self, key: jax.Array, views: Views):
     variables = self.model.init(key, views["crops"][0][0], train=False)

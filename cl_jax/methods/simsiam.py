@@ -8,7 +8,8 @@ from cl_jax import parallel
 from cl_jax.eval.collapse import embedding_std
 from cl_jax.losses.regression import negative_cosine
 from cl_jax.methods import METHODS
-from cl_jax.methods.base import Method, Views
+from cl_jax.schema import Field
+from cl_jax.methods.base import Method, RunFacts, Views
 from cl_jax.methods.byol import two_views
 from cl_jax.methods.simclr import bn_axis
 from cl_jax.models import build_backbone
@@ -39,14 +40,17 @@ class SimSiam(Method):
   learning rate (Sec. 4.2) is the optimizer's `constant_lr=("predictor",)`.
   """
 
-  def __init__(self, config: ml_collections.ConfigDict):
-    super().__init__(config)
-    m = config.method
+  SCHEMA = {"proj_dim": Field(2048, low=1), "proj_hidden": Field(2048, low=1),
+            "proj_layers": Field(3, low=1), "pred_hidden": Field(512, low=1)}
+
+  def __init__(self, config: ml_collections.ConfigDict, run_facts: RunFacts):
+    super().__init__(config, run_facts)
+    m = self.hp
     axis = bn_axis(config)
-    dim = m.get("proj_dim", 2048)
+    dim = m["proj_dim"]
     self.encoder = Encoder(backbone=build_backbone(config.model),
-                           head=simsiam_projector(m.get("proj_layers", 3), m.get("proj_hidden", 2048), dim, axis))
-    self.predictor = simsiam_predictor(m.get("pred_hidden", 512), dim, axis)
+                           head=simsiam_projector(m["proj_layers"], m["proj_hidden"], dim, axis))
+    self.predictor = simsiam_predictor(m["pred_hidden"], dim, axis)
 
   def init(self, key: jax.Array, views: Views):
     x = views["crops"][0][0]

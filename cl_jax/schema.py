@@ -1,0 +1,54 @@
+"""Declared config sections: each component lists the fields it reads, with defaults and allowed values.
+
+`validate(section, values, schema)` returns the section with defaults filled in, and fails with one line that
+names an unknown field and the nearest known one, or a value outside its range.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from typing import Any, Mapping
+
+
+@dataclasses.dataclass(frozen=True)
+class Field:
+  """One config field: its default, and the values it may take (bounds inclusive unless `open_low`)."""
+  default: Any
+  low: float | None = None
+  high: float | None = None
+  open_low: bool = False
+  choices: tuple[Any, ...] | None = None
+
+  def check(self, name: str, value: Any) -> None:
+    if self.choices is not None and value not in self.choices:
+      raise ValueError(f"{name}={value!r}: must be one of {', '.join(map(repr, self.choices))}.")
+    if self.low is None and self.high is None:
+      return
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+      raise ValueError(f"{name}={value!r}: must be a number.")
+    if self.low is not None and (value <= self.low if self.open_low else value < self.low):
+      raise ValueError(f"{name}={value!r}: must be {'>' if self.open_low else '>='} {self.low}.")
+    if self.high is not None and value > self.high:
+      raise ValueError(f"{name}={value!r}: must be <= {self.high}.")
+
+
+def unknown_key_message(section: str, key: str, known: list[str]) -> str:
+  """`method.queue_sise: unknown; did you mean queue_size? known: ...`."""
+  near = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
+  hint = f" did you mean {near[0]}?" if near else ""
+  return f"{section}.{key}: unknown;{hint} known: {', '.join(sorted(known))}."
+
+
+def validate(section: str, values: Mapping[str, Any], schema: Mapping[str, Field],
+             ignore: tuple[str, ...] = ("name",)) -> dict[str, Any]:
+  """The section's values over the schema's defaults; an unknown key or an out-of-range value is one line."""
+  out = {k: f.default for k, f in schema.items()}
+  for key, value in dict(values).items():
+    if key in ignore:
+      out[key] = value
+      continue
+    if key not in schema:
+      raise ValueError(unknown_key_message(section, key, list(schema)))
+    schema[key].check(f"{section}.{key}", value)
+    out[key] = value
+  return out
