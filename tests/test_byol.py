@@ -67,7 +67,9 @@ def test_method_step_eight_devices_equal_one_device(steps):
   loss1, grads1, state1, after1, metrics1 = out1
   np.testing.assert_allclose(loss8, loss1, rtol=1e-5)
   assert 0.0 < float(loss1) < 8.0   # two terms of 2 - 2cos, each in [0, 4]
-  assert_trees_close(grads8, grads1, rtol=2e-3, atol=1e-6)
+  # atol 2e-6: with jax 0.10.2 one near-zero element of 2,352 (7.4e-5) differs by 1.2e-6 in reduction order; a
+  # gradient scaled by the device count (x8 on elements of ~0.1) still fails by orders of magnitude.
+  assert_trees_close(grads8, grads1, rtol=2e-3, atol=2e-6)
   assert_trees_close(state8, state1, rtol=1e-4, atol=1e-6)   # online and target BN statistics
   assert_trees_close(after8, after1, rtol=1e-5, atol=1e-7)   # EMA target after the step
   np.testing.assert_allclose(metrics8["embedding_std"], metrics1["embedding_std"], rtol=1e-5)

@@ -81,7 +81,7 @@ class CLIP(Method):
   # ---------------------------------------------------------------- per-method hooks (SigLIP, UniCL override)
   def loss_params(self) -> dict[str, jax.Array]:
     """The learnable scalars of the loss: CLIP's log logit scale, init log(1/0.07) (Sec. 2.5)."""
-    return {"logit_scale": jnp.asarray(self.self.hp.logit_scale_init, jnp.float32)}
+    return {"logit_scale": jnp.asarray(self.hp.logit_scale_init, jnp.float32)}
 
   def contrastive_loss(self, params: Any, z_img: jax.Array, z_txt: jax.Array,
                        views: Views) -> tuple[jax.Array, dict[str, jax.Array]]:
