@@ -11,7 +11,7 @@ from cl_jax.methods import METHODS
 from cl_jax.schema import Field
 from cl_jax.methods.base import Method, RunFacts, Views
 from cl_jax.methods.ema import cosine_momentum, ema_update
-from cl_jax.methods.simclr import bn_axis
+from cl_jax.methods.common import bn_axis, two_views
 from cl_jax.models import build_backbone
 from cl_jax.models.encoder import Encoder
 from cl_jax.models.heads import MLP
@@ -20,15 +20,6 @@ from cl_jax.models.heads import MLP
 def byol_mlp(hidden: int, out: int, bn_axis_name: str | None) -> MLP:
   """BYOL's projector and predictor (Grill et al. 2020, Sec. 3.3): Linear(hidden)-BN-ReLU-Linear(out)."""
   return MLP((hidden,), out, use_bn=True, last_bn=False, bn_axis_name=bn_axis_name)
-
-
-def two_views(views: Views, name: str) -> jax.Array:
-  """The [2, b, H, W, C] crops of the first crop group, or a one-line error naming the fix."""
-  crops = views["crops"][0]
-  if crops.shape[0] != 2:
-    raise ValueError(f"{name} takes 2 views per image, got {crops.shape[0]}; "
-                     "set --config.augment['global'].views=2.")
-  return crops
 
 
 @METHODS.register("byol")

@@ -9,15 +9,11 @@ from cl_jax.eval.collapse import embedding_std
 from cl_jax.losses.contrastive import nt_xent
 from cl_jax.methods import METHODS
 from cl_jax.schema import Field
+from cl_jax.methods.common import bn_axis, two_views
 from cl_jax.methods.base import Method, RunFacts, Views
 from cl_jax.models import build_backbone
 from cl_jax.models.encoder import Encoder
 from cl_jax.models.heads import simclr_head
-
-
-def bn_axis(config: ml_collections.ConfigDict) -> str | None:
-  """The BatchNorm reduction axis: 'data' for synchronised BN, None for per-device BN."""
-  return parallel.DATA if config.model.get("bn", "sync") == "sync" else None
 
 
 @METHODS.register("simclr")
@@ -40,10 +36,7 @@ class SimCLR(Method):
     return variables["params"], {"batch_stats": variables.get("batch_stats", {})}
 
   def loss(self, params, state, views, key, step):
-    crops = views["crops"][0]
-    if crops.shape[0] != 2:
-      raise ValueError(f"SimCLR takes 2 views per image, got {crops.shape[0]}; "
-                       "set --config.augment['global'].views=2.")
+    crops = two_views(views, "SimCLR")
     b = crops.shape[1]
     x = crops.reshape((2 * b,) + crops.shape[2:])
     (h, z), updates = self.model.apply({"params": params, **state}, x, train=True, mutable=["batch_stats"])

@@ -10,8 +10,7 @@ from cl_jax.losses.regression import negative_cosine
 from cl_jax.methods import METHODS
 from cl_jax.schema import Field
 from cl_jax.methods.base import Method, RunFacts, Views
-from cl_jax.methods.byol import two_views
-from cl_jax.methods.simclr import bn_axis
+from cl_jax.methods.common import bn_axis, two_views
 from cl_jax.models import build_backbone
 from cl_jax.models.encoder import Encoder
 from cl_jax.models.heads import MLP
