@@ -322,11 +322,9 @@ def bench_augment(config: ml_collections.ConfigDict, repeats: int, gemm_peak: fl
   from the medians ("ratio_vs_torchvision") and from the best rounds ("best_ratio_vs_torchvision")."""
   run_mesh = parallel.make_mesh(config.get("parallel", {}).get("num_devices"))
   parallel.check_batch_size(config.batch_size, run_mesh)
-  data_cfg = config.data.copy_and_resolve_references()
-  with data_cfg.unlocked():
-    data_cfg.dataset = config.dataset
-    if data_cfg.get("num_train"):   # only one batch is used: do not render / load the whole training set
-      data_cfg.num_train = min(int(data_cfg.num_train), config.batch_size)
+  data_cfg = sources.data_section(config.data, config.dataset)
+  if data_cfg["num_train"]:   # only one batch is used: do not render / load the whole training set
+    data_cfg["num_train"] = min(int(data_cfg["num_train"]), config.batch_size)
   images = host_batch(sources.get_source(data_cfg, "train"), config.batch_size)["image"]
   recipe, seed, groups = config.augment, config.seed, _groups(config)
 

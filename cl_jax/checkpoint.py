@@ -4,12 +4,16 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 
 log = logging.getLogger(__name__)
+
+# Method-state keys older versions used for what is now method_state["ema"] (README.md, Changelog).
+_OLD_EMA_KEYS = frozenset({"key_params", "key_batch_stats", "target", "teacher"})
 
 
 class Checkpointer:
@@ -41,7 +45,8 @@ class Checkpointer:
   def restore(self, target: Any) -> tuple[int, Any, Any] | None:
     """The newest readable checkpoint as (step, state laid out like `target`, data state), or None.
 
-    An unreadable newest checkpoint is reported in one line and the one before it is used.
+    An unreadable newest checkpoint is reported in one line and the one before it is used; one whose stored tree
+    has other keys than `target` (the state layout changed) is an error naming both key lists.
     """
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
     for step in reversed(self.all_steps()):
@@ -49,11 +54,33 @@ class Checkpointer:
         restored = self._manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()))
       except Exception as e:  # noqa: BLE001 - any failure to read means: fall back to the previous one
+        mismatch = self._layout_mismatch(step, target)
+        if mismatch:
+          raise ValueError(mismatch) from e
         log.warning("Checkpoint %d in %s is unreadable (%s: %s); moved it to %s and trying the previous one.",
                     step, self.directory, type(e).__name__, str(e).splitlines()[0][:200], self._set_aside(step))
         continue
       return step, restored["state"], restored["data"]["iterator"]
     return None
+
+  def _layout_mismatch(self, step: int, target: Any) -> str | None:
+    """One line naming the shallowest dict whose stored keys differ from `target`'s, or None (same keys/unknown)."""
+    try:
+      stored = self._manager.item_metadata(step)["state"]
+    except Exception:  # noqa: BLE001 - no readable metadata: an unreadable checkpoint, not a layout change
+      return None
+    diff = _first_key_difference(getattr(stored, "tree", stored), target)
+    if diff is None:
+      return None
+    path, have, want = diff
+    if path == "method_state" and _OLD_EMA_KEYS & set(have):
+      why = ("the method state layout changed: moco_v1/moco_v2/byol/moco_v3/dino now keep the EMA copy of the online "
+             "network as method_state['ema'] (README.md, Changelog), and their checkpoints written before that do "
+             "not load; retrain in a fresh workdir or convert the checkpoint.")
+    else:
+      why = "the state layout changed; resume with the code and config that wrote it, or train in a fresh workdir."
+    return (f"Checkpoint {step} in {self.directory} has {path} keys [{', '.join(have)}], this version expects "
+            f"[{', '.join(want)}]; {why}")
 
   def _set_aside(self, step: int) -> str:
     """Moves an unreadable checkpoint out of the way (kept for inspection) so the step can be saved again."""
@@ -70,6 +97,21 @@ class Checkpointer:
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+def _first_key_difference(stored: Any, expected: Any) -> tuple[str, list[str], list[str]] | None:
+  """(dotted path, stored keys, expected keys) of the shallowest pair of dicts whose keys differ, or None."""
+  level = [((), stored, expected)]
+  while level:
+    deeper = []
+    for path, s, e in level:
+      if not (isinstance(s, Mapping) and isinstance(e, Mapping)):
+        continue
+      if set(map(str, s)) != set(map(str, e)):
+        return ".".join(path) or "state", sorted(map(str, s)), sorted(map(str, e))
+      deeper += [(path + (str(k),), s[k], e[k]) for k in e]
+    level = deeper
+  return None
 
 
 class BestCheckpointer(Checkpointer):

@@ -23,15 +23,13 @@ from ml_collections import config_dict, config_flags
 
 from cl_jax.registry import Registry
 
-# Evaluation settings that may be overridden on the command line, and their defaults when the run's config
-# has none. linear_fast=None means: fast on CPU, full (augmented) elsewhere; linear_epochs=None: 100 fast / 90 full.
-EVAL_OPTIONS: dict[str, tuple[type, Any]] = {
-    "linear_fast": (bool, None), "linear_epochs": (int, None), "linear_lr": (float, 0.1),
-    "linear_batch_size": (int, 256), "linear_weight_decay": (float, 0.0), "linear_seed": (int, 0),
-    "knn_k": (int, 200), "knn_temperature": (float, 0.07), "knn_train_examples": (int, None),
-    "tsne_points": (int, 2000), "retrieval_queries": (int, 8), "retrieval_k": (int, 8),
-    "batch_size": (int, None), "image_size": (int, None), "crop_frac": (float, None),
-    "retrieval_examples": (int, None),
+# config.eval fields that may be overridden on the command line, and their types (this module imports no JAX
+# before a bad --protocol fails). Their defaults are declared by the evaluators (cl_jax.eval.monitors.EVAL_SCHEMA).
+EVAL_OPTIONS: dict[str, type] = {
+    "linear_fast": bool, "linear_epochs": int, "linear_lr": float, "linear_batch_size": int,
+    "linear_weight_decay": float, "linear_seed": int, "knn_k": int, "knn_temperature": float,
+    "knn_train_examples": int, "tsne_points": int, "retrieval_queries": int, "retrieval_k": int,
+    "batch_size": int, "image_size": int, "crop_frac": float, "retrieval_examples": int,
 }
 
 
@@ -39,26 +37,19 @@ Protocol = Callable[..., tuple[dict[str, float], str]]   # (run, state, specs, w
 PROTOCOLS: Registry[Protocol] = Registry("protocol")
 
 
-def option(config: ml_collections.ConfigDict, name: str) -> Any:
-  """config.eval[name], or its EVAL_OPTIONS default when unset / None."""
-  value = config.eval.get(name)
-  return EVAL_OPTIONS[name][1] if value is None else value
-
-
 @PROTOCOLS.register("linear")
 def _linear(run, state, specs, workdir, step) -> tuple[dict[str, float], str]:
   """Linear probe on frozen features (cl_jax.eval.linear); fast mode by default on CPU."""
   del workdir
   import jax  # pylint: disable=g-import-not-at-top
-  from cl_jax.eval import linear  # pylint: disable=g-import-not-at-top
+  from cl_jax.eval import linear, settings  # pylint: disable=g-import-not-at-top
 
-  c = run.config
-  fast = option(c, "linear_fast")
-  fast = jax.default_backend() == "cpu" if fast is None else bool(fast)
-  epochs = option(c, "linear_epochs") or (100 if fast else 90)
-  lr, batch = option(c, "linear_lr"), option(c, "linear_batch_size")
+  e = settings.read(run.config, linear.SCHEMA)
+  fast = jax.default_backend() == "cpu" if e.linear_fast is None else bool(e.linear_fast)
+  epochs = e.linear_epochs or (100 if fast else 90)
+  lr, batch = e.linear_lr, e.linear_batch_size
   acc = linear.linear_eval(run, state, specs, fast=fast, epochs=epochs, lr=lr, batch_size=batch,
-                           seed=option(c, "linear_seed"), weight_decay=option(c, "linear_weight_decay"))
+                           seed=e.linear_seed, weight_decay=e.linear_weight_decay)
   line = (f"step {step}: linear top-1 {acc['top1']:.2f}% (top-5 {acc['top5']:.2f}%) | "
           f"{'fast (precomputed features)' if fast else 'full (augmented)'}, {epochs} epochs, lr {lr:g}, batch {batch}")
   return {"eval/linear_top1": acc["top1"], "eval/linear_top5": acc["top5"]}, line
@@ -68,11 +59,12 @@ def _linear(run, state, specs, workdir, step) -> tuple[dict[str, float], str]:
 def _knn(run, state, specs, workdir, step) -> tuple[dict[str, float], str]:
   """Weighted kNN of test features against the train split (Wu et al. 2018), as the training monitor."""
   del workdir
-  from cl_jax import train  # pylint: disable=g-import-not-at-top
+  from cl_jax.eval import features, knn, monitors, settings  # pylint: disable=g-import-not-at-top
 
-  acc = train.evaluate_knn(run, train.make_encode(run, specs), state)
+  acc = monitors.evaluate_knn(run, features.make_encode(run, specs), state)
+  e = settings.read(run.config, knn.SCHEMA)
   line = (f"step {step}: kNN top-1 {acc['eval/knn_top1']:.2f}% (top-5 {acc['eval/knn_top5']:.2f}%) | "
-          f"k={option(run.config, 'knn_k')}, T={option(run.config, 'knn_temperature'):g}")
+          f"k={e.knn_k}, T={e.knn_temperature:g}")
   return acc, line
 
 
@@ -80,26 +72,27 @@ def _knn(run, state, specs, workdir, step) -> tuple[dict[str, float], str]:
 def _attributes(run, state, specs, workdir, step) -> tuple[dict[str, float], str]:
   """kNN top-1 per attribute of the embedded shapes (shape, colour, size, position, background): shortcut check."""
   del workdir
-  from cl_jax.eval import attributes  # pylint: disable=g-import-not-at-top
+  from cl_jax.eval import attributes, knn, settings  # pylint: disable=g-import-not-at-top
 
   m = attributes.evaluate_attributes(run, state, specs)
   base = attributes.chance(run.test_source)
+  e = settings.read(run.config, knn.SCHEMA)
   line = (f"step {step}: kNN top-1 by attribute: "
           + ", ".join(f"{n} {m[f'eval/attr_{n}']:.2f}% (chance {base[n]:.1f})" for n in run.test_source.attributes)
-          + f" | k={option(run.config, 'knn_k')}, T={option(run.config, 'knn_temperature'):g}")
+          + f" | k={e.knn_k}, T={e.knn_temperature:g}")
   return m, line
 
 
 @PROTOCOLS.register("tsne")
 def _tsne(run, state, specs, workdir, step) -> tuple[dict[str, float], str]:
   """t-SNE/UMAP and nearest-neighbour retrieval PNGs under <workdir>/eval/ (no metrics row)."""
-  from cl_jax.eval import embedding_plot  # pylint: disable=g-import-not-at-top
+  from cl_jax.eval import embedding_plot, settings  # pylint: disable=g-import-not-at-top
 
-  c = run.config
-  out = embedding_plot.embedding_plots(run, state, specs, workdir, step, max_points=option(c, "tsne_points"),
-                                       num_queries=option(c, "retrieval_queries"), k=option(c, "retrieval_k"))
+  e = settings.read(run.config, embedding_plot.SCHEMA)
+  out = embedding_plot.embedding_plots(run, state, specs, workdir, step, max_points=e.tsne_points,
+                                       num_queries=e.retrieval_queries, k=e.retrieval_k)
   line = (f"step {step}: wrote {out['tsne']} and {out['retrieval']} | retrieval precision@"
-          f"{option(c, 'retrieval_k')} {out['retrieval_precision']:.1f}%")
+          f"{e.retrieval_k} {out['retrieval_precision']:.1f}%")
   return {}, line
 
 
@@ -184,7 +177,7 @@ def evaluate(workdir: str, protocol: str, overrides: ml_collections.ConfigDict |
 def define_flags() -> None:
   """The command-line flags (defined only when run as a program, so importing this module defines none)."""
   config_flags.DEFINE_config_dict(
-      "config", ml_collections.ConfigDict({"eval": {k: config_dict.placeholder(t) for k, (t, _) in
+      "config", ml_collections.ConfigDict({"eval": {k: config_dict.placeholder(t) for k, t in
                                                     EVAL_OPTIONS.items()}}),
       "Overrides of the run's evaluation settings, e.g. --config.eval.linear_epochs=50.")
   flags.DEFINE_string("workdir", None, "Workdir of a trained run (config.json + checkpoints/).")

@@ -1,15 +1,14 @@
 """Optax optimizers and learning-rate schedules built from a config (SimCLR Appendix B.1).
 
-Config fields (all optional except `name` and `lr`):
-  name: sgd | adamw | lars | lamb;  lr, lr_scaling (linear | sqrt | none), base_batch (256);
-  schedule (cosine | constant | step), warmup_epochs or warmup_steps, end_lr; for step: decay_epochs (lr x
-  decay_factor, default 0.1, at each, e.g. MoCo v1's 120, 160 of 200);
-  momentum, nesterov (sgd, lars); b1, b2, eps (adamw, lamb); trust_coefficient (lars, 0.001);
-  weight_decay, weight_decay_schedule ((start, end) cosine, DINO Sec. 4 / App. B);
-  exclude_bias_and_norm (True); clip_norm (0 = off), clip_mode (global | per_param: each tensor's gradient
-  clipped to the norm by itself, DINO's utils.clip_gradients); grad_accum_steps (1); frozen (path substrings;
-  always, or only for the first `frozen_steps` updates, DINO's freeze_last_layer);
-  constant_lr (path substrings whose lr stays at the peak lr, e.g. SimSiam's predictor, Chen & He 2021 Sec. 4.2).
+`config.optim` is validated against SHARED plus the named optimizer's fields (FIELDS): an unknown key or an
+impossible value is one line. Shared: name (sgd | adamw | lars | lamb), lr, lr_scaling (linear | sqrt | none),
+base_batch; schedule (cosine | constant | step), warmup_epochs or warmup_steps, end_lr; for step: decay_epochs (lr
+x decay_factor at each, e.g. MoCo v1's 120, 160 of 200); weight_decay, weight_decay_schedule ((start, end) cosine,
+DINO Sec. 4 / App. B); exclude_bias_and_norm; clip_norm (0 = off), clip_mode (global | per_param: each tensor's
+gradient clipped to the norm by itself, DINO's utils.clip_gradients); grad_accum_steps; frozen (path substrings;
+always, or only for the first `frozen_steps` updates, DINO's freeze_last_layer); constant_lr (path substrings whose
+lr stays at the peak lr, e.g. SimSiam's predictor, Chen & He 2021 Sec. 4.2). Per optimizer: momentum, nesterov
+(sgd, lars); trust_coefficient (lars); b1, b2, eps (adamw, lamb).
 """
 from __future__ import annotations
 
@@ -18,15 +17,38 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 
 from cl_jax.registry import Registry
+from cl_jax.schema import Field, validate_variant
 
 OPTIMIZERS: Registry[Callable[..., optax.GradientTransformation]] = Registry("optimizer")
 _LR_SCALINGS = ("linear", "sqrt", "none")
 _SCHEDULES = ("cosine", "constant", "step")
 _CLIP_MODES = ("global", "per_param")
+_BOOL = (True, False)
+SHARED: dict[str, Field] = {
+    "lr": Field(0.0), "lr_scaling": Field("none", choices=_LR_SCALINGS), "base_batch": Field(256, low=1),
+    "schedule": Field("cosine", choices=_SCHEDULES), "warmup_epochs": Field(0.0, low=0),
+    "warmup_steps": Field(0, low=0), "end_lr": Field(0.0, low=0), "decay_epochs": Field(None),
+    "decay_factor": Field(0.1, low=0), "weight_decay": Field(0.0, low=0), "weight_decay_schedule": Field(None),
+    "exclude_bias_and_norm": Field(True, choices=_BOOL), "clip_norm": Field(0.0, low=0),
+    "clip_mode": Field("global", choices=_CLIP_MODES), "grad_accum_steps": Field(1, low=1),
+    "frozen": Field(None), "frozen_steps": Field(0, low=0), "constant_lr": Field(None)}
+_MOMENTUM = {"momentum": Field(0.9, low=0, high=1), "nesterov": Field(False, choices=_BOOL)}
+_ADAM = {"b1": Field(0.9, low=0, high=1), "b2": Field(0.999, low=0, high=1), "eps": Field(1e-8, low=0, open_low=True)}
+FIELDS: dict[str, dict[str, Field]] = {   # optimizer name -> its config.optim fields (SHARED included)
+    "sgd": {**SHARED, **_MOMENTUM},
+    "lars": {**SHARED, **_MOMENTUM, "trust_coefficient": Field(0.001, low=0, open_low=True)},
+    "adamw": {**SHARED, **_ADAM},
+    "lamb": {**SHARED, **_ADAM, "eps": Field(1e-6, low=0, open_low=True)}}
+
+
+def optim_section(cfg: Any) -> dict[str, Any]:
+  """config.optim validated against the named optimizer's fields (name defaults to sgd), defaults filled in."""
+  name = cfg["name"] if "name" in cfg else "sgd"
+  OPTIMIZERS.get(name)   # an unknown name lists the known ones
+  return {**validate_variant("optim", cfg, FIELDS, name), "name": name}
 
 
 def clip_per_param(max_norm: float) -> optax.GradientTransformation:
@@ -39,10 +61,8 @@ def clip_per_param(max_norm: float) -> optax.GradientTransformation:
   return optax.stateless(clip)
 
 
-def _clip(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation | None:
-  norm, mode = float(cfg.get("clip_norm", 0.0)), cfg.get("clip_mode", "global")
-  if mode not in _CLIP_MODES:
-    raise ValueError(f"Unknown optim.clip_mode '{mode}'; use one of: {', '.join(_CLIP_MODES)}.")
+def _clip(cfg: dict[str, Any]) -> optax.GradientTransformation | None:
+  norm, mode = float(cfg["clip_norm"]), cfg["clip_mode"]
   if norm <= 0:
     return None
   return optax.clip_by_global_norm(norm) if mode == "global" else clip_per_param(norm)
@@ -97,27 +117,27 @@ def decay_mask(exclude_bias_and_norm: bool) -> Callable[[Any], Any]:
 @OPTIMIZERS.register("sgd")
 def _sgd(cfg, lr, wd, mask):
   return optax.chain(optax.add_decayed_weights(wd, mask),
-                     optax.sgd(lr, momentum=cfg.get("momentum", 0.9), nesterov=cfg.get("nesterov", False)))
+                     optax.sgd(lr, momentum=cfg["momentum"], nesterov=cfg["nesterov"]))
 
 
 @OPTIMIZERS.register("adamw")
 def _adamw(cfg, lr, wd, mask):
-  return optax.adamw(lr, b1=cfg.get("b1", 0.9), b2=cfg.get("b2", 0.999), eps=cfg.get("eps", 1e-8),
+  return optax.adamw(lr, b1=cfg["b1"], b2=cfg["b2"], eps=cfg["eps"],
                      weight_decay=wd, mask=mask)
 
 
 @OPTIMIZERS.register("lars")
 def _lars(cfg, lr, wd, mask):
   return optax.lars(lr, weight_decay=wd, weight_decay_mask=mask, trust_ratio_mask=mask,
-                    trust_coefficient=cfg.get("trust_coefficient", 0.001),
-                    momentum=cfg.get("momentum", 0.9), nesterov=cfg.get("nesterov", False))
+                    trust_coefficient=cfg["trust_coefficient"], momentum=cfg["momentum"],
+                    nesterov=cfg["nesterov"])
 
 
 @OPTIMIZERS.register("lamb")
 def _lamb(cfg, lr, wd, mask):
   # optax.lamb has no trust-ratio mask, so compose it (You et al. 2020, Alg. 2).
   return optax.chain(
-      optax.scale_by_adam(b1=cfg.get("b1", 0.9), b2=cfg.get("b2", 0.999), eps=cfg.get("eps", 1e-6)),
+      optax.scale_by_adam(b1=cfg["b1"], b2=cfg["b2"], eps=cfg["eps"]),
       optax.add_decayed_weights(wd, mask),
       optax.masked(optax.scale_by_trust_ratio(), mask),
       optax.scale_by_learning_rate(lr))
@@ -157,48 +177,46 @@ def _freeze(tx: optax.GradientTransformation, frozen: tuple[str, ...], steps: in
                                _path_labels(frozen, "frozen", "train"))
 
 
-def build_optimizer(cfg: ml_collections.ConfigDict, *, total_steps: int, steps_per_epoch: int,
+def build_optimizer(cfg: Any, *, total_steps: int, steps_per_epoch: int,
                     batch_size: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """Optimizer and lr schedule from `cfg`; steps count optimizer updates (after grad accumulation)."""
-  make = OPTIMIZERS.get(cfg.get("name", "sgd"))
-  lr = cfg.get("lr", 0.0)
+  """Optimizer and lr schedule from the validated `cfg` (optim_section); steps count optimizer updates."""
+  cfg = optim_section(cfg)
+  make = OPTIMIZERS.get(cfg["name"])
+  lr = cfg["lr"]
   if lr <= 0:
     raise ValueError(f"optim.lr must be > 0, got {lr}; set --config.optim.lr to a positive base learning rate.")
   if total_steps <= 0:
     raise ValueError(f"total_steps must be > 0, got {total_steps}; train for at least one step.")
-  peak = scaled_lr(lr, batch_size, cfg.get("lr_scaling", "none"), cfg.get("base_batch", 256))
-  warmup = int(cfg.get("warmup_steps", 0)) or round(cfg.get("warmup_epochs", 0.0) * steps_per_epoch)
+  peak = scaled_lr(lr, batch_size, cfg["lr_scaling"], cfg["base_batch"])
+  warmup = int(cfg["warmup_steps"]) or round(cfg["warmup_epochs"] * steps_per_epoch)
   if warmup > total_steps:
     raise ValueError(f"Warmup of {warmup} steps exceeds total_steps={total_steps}; "
                      "lower optim.warmup_epochs/warmup_steps or train longer.")
-  boundaries = tuple(round(e * steps_per_epoch) for e in (cfg.get("decay_epochs", None) or ()))
-  schedule = lr_schedule(peak, total_steps=total_steps, warmup_steps=warmup,
-                         kind=cfg.get("schedule", "cosine"), end_lr=cfg.get("end_lr", 0.0),
-                         boundaries=boundaries, factor=float(cfg.get("decay_factor", 0.1)))
+  boundaries = tuple(round(e * steps_per_epoch) for e in (cfg["decay_epochs"] or ()))
+  schedule = lr_schedule(peak, total_steps=total_steps, warmup_steps=warmup, kind=cfg["schedule"],
+                         end_lr=cfg["end_lr"], boundaries=boundaries, factor=float(cfg["decay_factor"]))
 
-  wd = float(cfg.get("weight_decay", 0.0))
-  wd_schedule = cfg.get("weight_decay_schedule", None)
+  wd = float(cfg["weight_decay"])
+  wd_schedule = cfg["weight_decay_schedule"]
   if wd_schedule is not None:
     if len(wd_schedule) != 2:
       raise ValueError(f"optim.weight_decay_schedule must be (start, end), got {wd_schedule}.")
     wd = cosine_schedule(float(wd_schedule[0]), float(wd_schedule[1]), total_steps)
-  mask = decay_mask(cfg.get("exclude_bias_and_norm", True))
+  mask = decay_mask(cfg["exclude_bias_and_norm"])
   tx = make(cfg, schedule, wd, mask)
-  constant = tuple(cfg.get("constant_lr", None) or ())
+  constant = tuple(cfg["constant_lr"] or ())
   if constant:
     tx = optax.multi_transform({"scheduled": tx, "constant": make(cfg, peak, wd, mask)},
                                _path_labels(constant, "constant", "scheduled"))
 
-  frozen = tuple(cfg.get("frozen", None) or ())
+  frozen = tuple(cfg["frozen"] or ())
   if frozen:
-    tx = _freeze(tx, frozen, int(cfg.get("frozen_steps", 0)))
+    tx = _freeze(tx, frozen, int(cfg["frozen_steps"]))
   # Clipping sees every gradient, frozen ones included, before the freeze (as DINO clips, then cancels the last
   # layer's gradients): inside the freeze's multi_transform a global norm would be taken per group.
   if (clip := _clip(cfg)) is not None:
     tx = optax.chain(clip, tx)
-  accum = int(cfg.get("grad_accum_steps", 1))
-  if accum < 1:
-    raise ValueError(f"optim.grad_accum_steps must be >= 1, got {accum}.")
+  accum = int(cfg["grad_accum_steps"])
   if accum > 1:
     tx = optax.MultiSteps(tx, every_k_schedule=accum).gradient_transformation()
   return tx, schedule

@@ -93,6 +93,40 @@ def pmean_varying(tree: Any, axis_name: str = DATA) -> Any:
   return jax.tree.map(lambda x: jax.lax.pmean(x, axis_name) if is_varying(x, axis_name) else x, tree)
 
 
+# Collectives over an optional mesh axis: `axis_name=None` means one device (the losses' contract).
+
+def all_gather(x: jax.Array, axis_name: str | None) -> jax.Array:
+  """All rows of `x` over the axis, concatenated in device order (identity on one device)."""
+  return x if axis_name is None else jax.lax.all_gather(x, axis_name, tiled=True)
+
+
+def psum(x: jax.Array, axis_name: str | None) -> jax.Array:
+  """Sum over devices (identity on one device)."""
+  return x if axis_name is None else jax.lax.psum(x, axis_name)
+
+
+def pmax(x: jax.Array, axis_name: str | None) -> jax.Array:
+  """Max over devices (identity on one device)."""
+  return x if axis_name is None else jax.lax.pmax(x, axis_name)
+
+
+def pmean(x: jax.Array, axis_name: str | None) -> jax.Array:
+  """Mean over devices (identity on one device)."""
+  return x if axis_name is None else jax.lax.pmean(x, axis_name)
+
+
+def axis_size(axis_name: str | None) -> int:
+  """Number of devices along the axis (1 on one device)."""
+  return 1 if axis_name is None else jax.lax.axis_size(axis_name)
+
+
+def row_offset(local_rows: int, axis_name: str | None) -> jax.Array:
+  """Global index of this device's first row when each holds `local_rows` contiguous rows (0 on one device)."""
+  if axis_name is None:
+    return jnp.zeros((), jnp.int32)
+  return jax.lax.axis_index(axis_name) * local_rows
+
+
 def zero_specs(tree: Any, specs: Any, num_devices: int) -> Any:
   """ZeRO-style storage specs: each leaf whose spec is replicated (P()) is split over 'data' along its largest
   axis divisible by `num_devices` (kept replicated if none is); leaves already sharded keep their spec.

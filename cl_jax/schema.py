@@ -32,9 +32,9 @@ class Field:
       raise ValueError(f"{name}={value!r}: must be <= {self.high}.")
 
 
-def unknown_key_message(section: str, key: str, known: list[str]) -> str:
-  """`method.queue_sise: unknown; did you mean queue_size? known: ...`."""
-  near = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
+def unknown_key_message(section: str, key: str, known: list[str], near_in: list[str] | None = None) -> str:
+  """`method.queue_sise: unknown; did you mean queue_size? known: ...` (the nearest among `near_in` if given)."""
+  near = difflib.get_close_matches(key, known if near_in is None else near_in, n=1, cutoff=0.5)
   hint = f" did you mean {near[0]}?" if near else ""
   return f"{section}.{key}: unknown;{hint} known: {', '.join(sorted(known))}."
 
@@ -52,3 +52,26 @@ def validate(section: str, values: Mapping[str, Any], schema: Mapping[str, Field
     schema[key].check(f"{section}.{key}", value)
     out[key] = value
   return out
+
+
+def _plain(value: Any) -> Any:
+  """Tuples as lists (a config reloaded from config.json holds lists)."""
+  return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
+def validate_variant(section: str, values: Mapping[str, Any], schemas: Mapping[str, Mapping[str, Field]],
+                     variant: str, ignore: tuple[str, ...] = ("name",)) -> dict[str, Any]:
+  """`validate` against schemas[variant]; a field only other variants read may stay at their default (a config can
+  declare them all and switch variant) and is dropped, set to anything else it is one line."""
+  schema, own = schemas[variant], {}
+  for key, value in dict(values).items():
+    others = [s[key].default for s in schemas.values() if key in s]
+    if not others and key not in ignore:
+      raise ValueError(unknown_key_message(section, key, list(schema), near_in=sorted(set().union(*schemas.values()))))
+    if key in schema or key in ignore:
+      own[key] = value
+    elif not any(_plain(value) == _plain(d) for d in others):
+      readers = ", ".join(sorted(n for n, s in schemas.items() if key in s))
+      raise ValueError(f"{section}.{key}={value!r}: {variant} does not read it (only {readers} do); "
+                       f"set it back to {others[0]!r} or switch to one of those.")
+  return validate(section, own, schema, ignore)

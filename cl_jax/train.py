@@ -4,9 +4,6 @@ It knows nothing of any single method: it calls only the Method contract (cl_jax
 """
 from __future__ import annotations
 
-import dataclasses
-import importlib
-import importlib.util
 import math
 import os
 from typing import Any, Callable, Iterator
@@ -20,29 +17,11 @@ from jax.sharding import Mesh, PartitionSpec as P
 
 from cl_jax import checkpoint, optim, parallel, preemption, reporting, workdir as workdir_lib
 from cl_jax.data import augment, pipeline, sources
-from cl_jax.eval import knn, online_probe
+from cl_jax.eval import features, monitors as eval_monitors, online_probe, settings
 from cl_jax.data.view_grid import view_grid_image
-from cl_jax.methods import Method, RunFacts, get_method, method_class
-from cl_jax.registry import Registry
-
-TrainState = dict[str, Any]   # {"step", "params", "opt_state", "method_state"[, "probe"]}
-
-
-@dataclasses.dataclass
-class Run:
-  """Everything built from a config, importable from a notebook."""
-  config: ml_collections.ConfigDict
-  mesh: Mesh
-  method: Method
-  tx: optax.GradientTransformation
-  schedule: optax.Schedule
-  train_source: Any
-  test_source: Any
-  local_batch: int
-  steps_per_epoch: int
-  total_steps: int
-  _sample: Any = None   # (first examples, their views), computed once for init and the view grid
-  cache: dict[str, Any] = dataclasses.field(default_factory=dict)   # jitted eval functions, compiled once per run
+from cl_jax.methods import RunFacts, get_method, method_class
+from cl_jax.models.registry import model_section
+from cl_jax.run_state import Run, TrainState   # re-exported: `from cl_jax.train import Run, TrainState`
 
 
 def build_run(config: ml_collections.ConfigDict) -> Run:
@@ -50,11 +29,13 @@ def build_run(config: ml_collections.ConfigDict) -> Run:
   mesh = parallel.make_mesh(config.get("parallel", {}).get("num_devices"))
   local_batch = parallel.check_batch_size(config.batch_size, mesh)
   method_class(config)   # an unknown method name fails before any data is built
-  data_cfg = config.data.copy_and_resolve_references()
-  with data_cfg.unlocked():
-    data_cfg.dataset = config.dataset
+  eval_monitors.validate_eval(config)   # config.eval against every evaluator's declared fields
+  # Each section against its declared fields (the chosen backbone's, optimizer's, source's): one line per typo.
+  model_section(config.model)
+  optim.optim_section(config.optim)
+  data_cfg = sources.data_section(config.data, config.dataset)
   train_source = sources.get_source(data_cfg, "train")
-  has_test = train_source.has_labels or hasattr(train_source, "captions_of")   # kNN/zero-shot, or retrieval
+  has_test = eval_monitors.needs_test_split(train_source)
   test_source = sources.get_source(data_cfg, "test") if has_test else None
   if config.get("online_probe", False) and not train_source.has_labels:
     raise ValueError(f"online_probe needs labels but {config.dataset} has none; set online_probe=False.")
@@ -100,7 +81,7 @@ def init_state(run: Run) -> tuple[TrainState, Any]:
   specs = {"step": P(), "params": P(), "opt_state": P(),
            "method_state": run.method.state_sharding(method_state)}
   if run.config.get("online_probe", False):
-    size = run.config.eval.get("image_size", 0) or run.config.data.image_size
+    size = features.image_size(run.config)
     feats = jax.eval_shape(lambda p, s, im: run.method.encode(p, s, augment.eval_preprocess(im, size)),
                            params, method_state, sample["image"])
     probe_params = online_probe.init(key, feats.shape[-1], run.train_source.num_classes)
@@ -169,72 +150,6 @@ def make_train_step(run: Run, specs: Any, state: TrainState | None = None
                  out_shardings=(_named(run, stored), parallel.replicated(run.mesh)), donate_argnums=(0,))
 
 
-def make_encode(run: Run, specs: Any) -> Callable[[TrainState, jax.Array], jax.Array]:
-  """jit(shard_map(encode)) of uint8 images -> backbone features, with the evaluation preprocessing."""
-  size = run.config.eval.get("image_size", 0) or run.config.data.image_size
-  crop_frac = run.config.eval.get("crop_frac", 1.0)
-
-  def per_device(params, method_state, images):
-    return run.method.encode(params, method_state, augment.eval_preprocess(images, size, crop_frac))
-
-  fn = jax.jit(jax.shard_map(per_device, mesh=run.mesh, in_specs=(P(), specs["method_state"], P(parallel.DATA)),
-                             out_specs=P(parallel.DATA)))
-  return lambda state, images: fn(state["params"], state["method_state"], images)
-
-
-def extract_features(run: Run, encode: Callable, state: TrainState, source: Any,
-                     max_examples: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-  """Features and labels of a whole split (every example once, in order), gathered to every host."""
-  batch_size = run.config.eval.get("batch_size", 0) or run.config.batch_size
-  local = parallel.check_batch_size(batch_size, run.mesh) * run.mesh.local_mesh.size
-  loader = pipeline.make_loader(source, global_batch=batch_size, seed=0, shuffle=False, num_epochs=1,
-                                drop_remainder=False)
-  feats, labels = [], []
-  for batch in loader:
-    n = len(batch["image"])
-    pad = local - n
-    host = {"image": np.pad(batch["image"], [(0, pad)] + [(0, 0)] * 3),
-            "label": np.pad(batch["label"], (0, pad)), "valid": np.arange(local) < n}
-    out = parallel.to_host({"f": encode(state, parallel.host_to_global({"image": host["image"]}, run.mesh)["image"]),
-                            **parallel.host_to_global({k: host[k] for k in ("label", "valid")}, run.mesh)})
-    feats.append(out["f"][out["valid"]])
-    labels.append(out["label"][out["valid"]])
-    if max_examples and sum(map(len, labels)) >= max_examples:
-      break
-  return np.concatenate(feats), np.concatenate(labels)
-
-
-# Evaluation monitors run at step 0, every eval.every steps and at the end: name -> fn(run, state, specs) -> metrics
-# (keys "eval/..."). config.eval.monitors picks them; modules in cl_jax/eval register more (zeroshot, retrieval).
-MONITORS: Registry[Callable[[Run, TrainState, Any], dict[str, float]]] = Registry("eval monitor")
-_MONITOR_MODULES = ("cl_jax.eval.zeroshot", "cl_jax.eval.retrieval")
-
-
-def get_monitor(name: str) -> Callable[[Run, TrainState, Any], dict[str, float]]:
-  for module in _MONITOR_MODULES:
-    if importlib.util.find_spec(module) is not None:
-      importlib.import_module(module)
-  return MONITORS.get(name)
-
-
-@MONITORS.register("knn")
-def knn_monitor(run: Run, state: TrainState, specs: Any) -> dict[str, float]:
-  """Weighted kNN (Wu et al. 2018) of test features against train features (the spine's monitor)."""
-  if "encode" not in run.cache:
-    run.cache["encode"] = make_encode(run, specs)
-  return evaluate_knn(run, run.cache["encode"], state)
-
-
-def evaluate_knn(run: Run, encode: Callable, state: TrainState) -> dict[str, float]:
-  """kNN top-1/top-5 (%) of test-split features against the train split as memory."""
-  e = run.config.eval
-  memory, memory_labels = extract_features(run, encode, state, run.train_source, e.get("knn_train_examples"))
-  queries, query_labels = extract_features(run, encode, state, run.test_source)
-  acc = knn.knn_accuracy(queries, query_labels, memory, memory_labels, run.train_source.num_classes,
-                         k=e.get("knn_k", 200), temperature=e.get("knn_temperature", 0.07))
-  return {"eval/knn_top1": acc["top1"], "eval/knn_top5": acc["top5"]}
-
-
 def load_run(workdir: str, config: ml_collections.ConfigDict | None = None,
              best: bool = False) -> tuple[Run, TrainState, Any, int]:
   """(run, train state restored from the latest (or, with `best`, the best-metric) checkpoint, specs, step)."""
@@ -280,12 +195,6 @@ def _write_view_grid(run: Run, reporter: reporting.Reporter, workdir: str) -> No
     Image.fromarray(grid).save(os.path.join(workdir, "augmentations.png"))
 
 
-_EVAL_NAMES = {"eval/knn_top1": "kNN top-1", "eval/knn_top5": "kNN top-5", "eval/zeroshot_top1": "zero-shot top-1",
-               "eval/zeroshot_top5": "zero-shot top-5", "eval/zeroshot_top1_seen": "zero-shot top-1 (seen pairs)",
-               "eval/zeroshot_top1_unseen": "zero-shot top-1 (held-out pairs)",
-               **{f"eval/{d}_r{k}": f"{d.replace('2', '->')} R@{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)}}
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains `config` in `workdir`, resuming exactly from its latest checkpoint; returns the last metrics.
 
@@ -297,13 +206,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   workdir_lib.write_config(workdir, config)
   state, specs = init_state(run)
   train_step = make_train_step(run, specs, state)
-  monitors = [get_monitor(name) for name in config.eval.get("monitors", ("knn",))]
+  eval_cfg = settings.read(config, eval_monitors.SCHEMA)
+  monitors = [eval_monitors.get_monitor(name) for name in eval_cfg.monitors]
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.get("keep_checkpoints", 3))
   best_ckpt = (checkpoint.BestCheckpointer(os.path.join(workdir, "checkpoints_best"), config.best_metric,
                                            config.get("best_metric_mode", "max"))
                if config.get("best_metric", "") else None)
   loader = pipeline.make_loader(run.train_source, global_batch=config.batch_size, seed=config.seed, shuffle=True,
-                                num_epochs=None, worker_count=config.data.get("worker_count", 0))
+                                num_epochs=None, worker_count=sources.data_section(config.data, config.dataset)["worker_count"])
   loader_iter = iter(loader)
   start = 0
   restored = ckpt.restore(state)
@@ -317,7 +227,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                f"batch {config.batch_size} | {run.total_steps} steps"
                + (f" | resumed from step {start}" if start else ""))
   history: dict[str, float] = {}
-  has_eval = run.test_source is not None and config.eval.get("every", 0) >= 0
+  has_eval = run.test_source is not None and eval_cfg.every >= 0
 
   def run_eval(step: int) -> None:
     if not has_eval:
@@ -330,7 +240,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if best_ckpt is not None and step > 0 and best_ckpt.maybe_save(step, state, loader_iter.get_state(), result):
       reporter.say(f"step {step:>6}: new best {config.best_metric} {result[config.best_metric]:.2f}; "
                    "saved to checkpoints_best/")
-    reporter.say(f"step {step:>6}: " + ", ".join(f"{_EVAL_NAMES.get(k, k)} {v:.2f}%" for k, v in result.items()))
+    names = eval_monitors.EVAL_NAMES
+    reporter.say(f"step {step:>6}: " + ", ".join(f"{names.get(k, k)} {v:.2f}%" for k, v in result.items()))
 
   if start == 0:
     _write_view_grid(run, reporter, workdir)
@@ -338,7 +249,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   timer = reporting.Throughput()
   timer.reset(start)
   batches = _batches(loader_iter, run.mesh)
-  log_every, eval_every = config.get("log_every", 50), config.eval.get("every", 0)
+  log_every, eval_every = config.get("log_every", 50), eval_cfg.every
   ckpt_every = config.get("checkpoint_every", 1000)
   guard = preemption.PreemptionGuard()
   step = start

@@ -25,7 +25,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.method = dict(name="byol", proj_hidden=4096, proj_dim=256, pred_hidden=4096, base_momentum=a.base_momentum)
   c.model = dict(name="resnet18", width=1.0, stem="cifar", bn="sync", dtype="float32")
   c.dataset = "cifar10"
-  c.data = dict(image_size=32, data_dir=None, seed=0, worker_count=4)
+  c.data = dict(image_size=32, data_dir=None, seed=0, worker_count=4, on_bad_image="skip", holdout_frac=0.1)
   c.augment = ml_collections.ConfigDict({"global": group(size=32, views=2, scale=(0.08, 1.0), jitter_strength=0.5,
                                                          jitter=(0.8, 0.8, 0.4, 0.2),
                                                          grayscale_p=0.2, blur_p=(1.0, 0.1), solarize_p=(0.0, 0.2))})

@@ -26,7 +26,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.method = dict(name="byol", proj_hidden=4096, proj_dim=256, pred_hidden=4096, base_momentum=0.996)
   c.model = dict(name=f"resnet{a.depth}", width=a.width, stem="imagenet", bn="sync", dtype="bfloat16")
   c.dataset = "imagenet2012"
-  c.data = dict(image_size=256, data_dir=None, seed=0, worker_count=16)
+  c.data = dict(image_size=256, data_dir=None, seed=0, worker_count=16, on_bad_image="skip", holdout_frac=0.1)
   c.augment = ml_collections.ConfigDict({"global": group(size=224, views=2, scale=(0.08, 1.0), jitter_strength=0.5,
                                                          jitter=(0.8, 0.8, 0.4, 0.2),
                                                          grayscale_p=0.2, blur_p=(1.0, 0.1), solarize_p=(0.0, 0.2))})

@@ -33,7 +33,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                   encode_with="teacher")
   c.model = dict(name="resnet18", width=1.0, stem="cifar", bn="sync", dtype="float32")
   c.dataset = "cifar10"
-  c.data = dict(image_size=32, data_dir=None, seed=0, worker_count=4)
+  c.data = dict(image_size=32, data_dir=None, seed=0, worker_count=4, on_bad_image="skip", holdout_frac=0.1)
   c.augment = crops(32, 16, 8, (0.14, 1.0), (0.05, 0.14))
   c.batch_size = a.batch
   c.num_epochs = a.epochs

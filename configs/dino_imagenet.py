@@ -32,13 +32,14 @@ _ARCHS = ("vit_small", "resnet50")
 def crops(global_size: int, local_size: int, local_views: int, global_scale: tuple[float, float],
           local_scale: tuple[float, float]) -> ml_collections.ConfigDict:
   """DINO's DataAugmentationDINO: global crop 1 blur p 1.0; global crop 2 blur p 0.1 + solarize p 0.2; local
-  crops blur p 0.5; jitter (p 0.8, ColorJitter(0.4, 0.4, 0.2, 0.1)), grayscale p 0.2, flip."""
+  crops blur p 0.5; jitter (p 0.8, ColorJitter(0.4, 0.4, 0.2, 0.1)), grayscale p 0.2, flip. The roles, not the
+  names, send the global crops to the teacher."""
   common = dict(jitter_strength=0.5, jitter=(0.8, 0.8, 0.4, 0.2), grayscale_p=0.2, blur_sigma=(0.1, 2.0))
   return ml_collections.ConfigDict({
       "global": group(size=global_size, views=2, scale=global_scale, blur_p=(1.0, 0.1), solarize_p=(0.0, 0.2),
-                      **common),
+                      role="global", **common),
       "local": group(size=local_size, views=local_views, scale=local_scale, blur_p=(0.5,), solarize_p=(0.0,),
-                     **common),
+                     role="local", **common),
   })
 
 
@@ -61,7 +62,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model = dict(name="resnet50", width=1.0, stem="imagenet", bn="sync", dtype="bfloat16")
     c.augment = crops(224, 96, 8, (0.14, 1.0), (0.05, 0.14))
   c.dataset = "imagenet2012"
-  c.data = dict(image_size=256, data_dir=None, seed=0, worker_count=16)
+  c.data = dict(image_size=256, data_dir=None, seed=0, worker_count=16, on_bad_image="skip", holdout_frac=0.1)
   c.batch_size = batch
   c.num_epochs = a.epochs
   c.total_steps = 0

@@ -28,7 +28,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                   proj_dim=128, bank_size=50_000)
   c.model = dict(name="resnet18", width=1.0, stem="cifar", bn="sync", dtype="float32", zero_init_last_bn=False)
   c.dataset = "cifar10"
-  c.data = dict(image_size=32, data_dir=None, seed=0, worker_count=4)
+  c.data = dict(image_size=32, data_dir=None, seed=0, worker_count=4, on_bad_image="skip", holdout_frac=0.1)
   # Colour jitter as the official code: ColorJitter(0.4, 0.4, 0.4, 0.4), always applied.
   c.augment = ml_collections.ConfigDict({"global": group(size=32, views=1, scale=(0.2, 1.0), flip_p=0.0,
                                                          jitter_strength=0.5,

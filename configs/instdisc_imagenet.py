@@ -29,7 +29,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model = dict(name=f"resnet{a.depth}", width=1.0, stem="imagenet", bn="sync", dtype="bfloat16",
                  zero_init_last_bn=False)
   c.dataset = "imagenet2012"
-  c.data = dict(image_size=256, data_dir=None, seed=0, worker_count=16)
+  c.data = dict(image_size=256, data_dir=None, seed=0, worker_count=16, on_bad_image="skip", holdout_frac=0.1)
   c.augment = ml_collections.ConfigDict({"global": group(size=224, views=1, scale=(0.2, 1.0), jitter_strength=0.5,
                                                          jitter=(0.8, 0.8, 0.8, 0.8),
                                                          jitter_p=1.0, grayscale_p=0.2, blur_p=(0.0,))})

@@ -26,7 +26,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                   shuffle_bn=True)
   c.model = dict(name="resnet18", width=1.0, stem="cifar", bn="local", dtype="float32", zero_init_last_bn=False)
   c.dataset = "cifar10"
-  c.data = dict(image_size=32, data_dir=None, seed=0, worker_count=4)
+  c.data = dict(image_size=32, data_dir=None, seed=0, worker_count=4, on_bad_image="skip", holdout_frac=0.1)
   c.augment = ml_collections.ConfigDict({"global": group(size=32, views=2, scale=(0.2, 1.0), jitter_strength=0.5,
                                                          jitter_p=0.8, grayscale_p=0.2, blur_p=(0.0,))})
   c.batch_size = a.batch

@@ -39,7 +39,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model = dict(name="resnet_tiny", width=1.0, stem="imagenet", bn="sync", dtype="float32",
                  zero_init_last_bn=False)
   c.dataset = "shapes"
-  c.data = dict(image_size=32, num_train=10_000, num_test=2_000, seed=0, worker_count=0)
+  # on_bad_image, holdout_frac: for --config.dataset=folder:/path (data.sources.FIELDS lists every source's fields).
+  c.data = dict(image_size=32, num_train=10_000, num_test=2_000, seed=0, worker_count=0, on_bad_image="skip",
+                holdout_frac=0.1)
   # Milder than the ImageNet recipe (as SimCLR's CIFAR recipe: s=0.5, no blur): with a tiny net and few steps,
   # stronger views (scale 0.25, s=1, blur) left instance discrimination at ~3% accuracy and kNN flat.
   c.augment = ml_collections.ConfigDict({"global": group(size=32, views=2, scale=(0.5, 1.0), jitter_strength=0.5,
@@ -47,8 +49,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.batch_size = a.batch
   c.num_epochs = 15   # 585 steps at batch 256: ~3 minutes for SimCLR on 2 CPU cores
   c.total_steps = a.steps
-  c.optim = dict(name="adamw", lr=4e-3, lr_scaling="none", weight_decay=1e-4, warmup_epochs=1, schedule="cosine")
-  c.eval = dict(every=0, knn_k=200, knn_temperature=0.07, batch_size=500)
+  # momentum, nesterov: read by sgd and lars only (--config.optim.name=sgd --config.optim.momentum=0.0).
+  c.optim = dict(name="adamw", lr=4e-3, lr_scaling="none", weight_decay=1e-4, warmup_epochs=1, schedule="cosine",
+                 b1=0.9, b2=0.999, momentum=0.9, nesterov=False)
+  c.eval = dict(every=0, knn_k=200, knn_temperature=0.07, knn_train_examples=0, batch_size=500, monitors=("knn",))
   c.log_every = 20
   c.checkpoint_every = 200
   c.keep_checkpoints = 2

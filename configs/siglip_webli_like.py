@@ -36,7 +36,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.total_steps = 0
   c.optim = dict(name="adamw", lr=1e-3, lr_scaling="none", b1=0.9, b2=0.95, weight_decay=1e-4,
                  warmup_steps=5000, schedule="cosine", exclude_bias_and_norm=True)
-  c.eval = dict(every=10_000, batch_size=2048, monitors=("retrieval",))
+  c.eval = dict(every=10_000, batch_size=2048, monitors=("retrieval",), retrieval_examples=0)
   c.log_every = 100
   c.checkpoint_every = 2000
   c.keep_checkpoints = 3

@@ -24,7 +24,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.method = dict(name="simclr", version=1, temperature=a.temperature, proj_hidden=512, proj_dim=128)
   c.model = dict(name="resnet18", width=1.0, stem="cifar", bn="sync", dtype="float32")
   c.dataset = "cifar10"
-  c.data = dict(image_size=32, data_dir=None, seed=0, worker_count=4)
+  c.data = dict(image_size=32, data_dir=None, seed=0, worker_count=4, on_bad_image="skip", holdout_frac=0.1)
   c.augment = ml_collections.ConfigDict({"global": group(size=32, views=2, jitter_strength=0.5, blur_p=(0.0,))})
   c.batch_size = a.batch
   c.num_epochs = a.epochs

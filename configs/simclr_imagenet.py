@@ -24,7 +24,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.method = dict(name="simclr", version=1, temperature=0.1, proj_hidden=2048, proj_dim=128)
   c.model = dict(name=f"resnet{a.depth}", width=a.width, stem="imagenet", bn="sync", dtype="bfloat16")
   c.dataset = "imagenet2012"
-  c.data = dict(image_size=256, data_dir=None, seed=0, worker_count=16)
+  c.data = dict(image_size=256, data_dir=None, seed=0, worker_count=16, on_bad_image="skip", holdout_frac=0.1)
   c.augment = ml_collections.ConfigDict({"global": group(size=224, views=2, jitter_strength=1.0, blur_p=(0.5,))})
   c.batch_size = a.batch
   c.num_epochs = a.epochs

@@ -30,7 +30,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model = dict(name="resnet50", bn="sync", dtype="bfloat16")
   c.text_model = dict(width=512, depth=12, heads=8, mlp_ratio=4, act="quick_gelu", dtype="bfloat16")
   c.dataset = a.dataset
-  c.data = dict(image_size=224, seed=0, worker_count=16, data_dir=None,
+  c.data = dict(image_size=224, seed=0, worker_count=16, data_dir=None, caption_key=None, class_folders=False,
+                on_bad_image="skip", holdout_frac=0.1,
                 text=dict(tokenizer="bpe", merges_path=a.merges, context_length=77, source=a.text))
   c.augment = ml_collections.ConfigDict({"global": group(size=224, views=1, scale=(0.08, 1.0), jitter_strength=0.5,
                                                          grayscale_p=0.0, blur_p=(0.0,))})

@@ -83,9 +83,9 @@ def test_target_is_the_cosine_ema_of_the_updated_online_encoder(steps):
   online = jax.tree.map(lambda p, g: np.asarray(p, np.float64) - SGD_LR * np.asarray(g, np.float64),
                         params["encoder"], grads["encoder"])
   expected = jax.tree.map(lambda t, o: tau * np.asarray(t, np.float64) + (1 - tau) * o,
-                          state["target"]["params"], online)
-  assert_trees_close(after["target"]["params"], expected, rtol=1e-5, atol=1e-7)
-  assert_trees_close(state["target"]["params"], params["encoder"], rtol=0, atol=0)   # starts as a copy
+                          state["ema"]["params"], online)
+  assert_trees_close(after["ema"]["params"], expected, rtol=1e-5, atol=1e-7)
+  assert_trees_close(state["ema"]["params"], params["encoder"], rtol=0, atol=0)   # starts as a copy
   assert_trees_close(after["batch_stats"], steps[4][2]["batch_stats"], rtol=0, atol=0)   # after_update: EMA only
 
 
@@ -97,7 +97,7 @@ def test_tiny_run_loss_decreases_without_collapse():
   assert history[-1]["train/embedding_std"] > 0.02
   assert "train/ema_momentum" in history[-1]
   # The target moved towards the online encoder but is not a copy of it.
-  online, target = state["params"]["encoder"], state["method_state"]["target"]["params"]
+  online, target = state["params"]["encoder"], state["method_state"]["ema"]["params"]
   diffs = [float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(online), jax.tree.leaves(target))]
   assert max(diffs) > 0
 

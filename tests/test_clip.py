@@ -1,5 +1,6 @@
 """CLIP / SigLIP / UniCL methods: a few steps on a fixed batch (loss finite and decreasing), the tiny quick-start
 run with its zero-shot and retrieval monitors, and the two metrics against NumPy computations."""
+import ast
 import json
 import os
 
@@ -76,6 +77,23 @@ def test_loss_decreases_on_a_fixed_batch(batch, name):
   np.testing.assert_allclose(np.linalg.norm(np.asarray(emb), axis=1), 1.0, rtol=1e-5)
   img = jax.jit(method.encode_image_embedding)(params, state, images[0, :4])
   assert img.shape == (4, 32)
+
+
+def test_no_method_file_imports_another():
+  """Issue 10: a method file imports only helpers (base, common, language_image ...), never a registered method."""
+  import cl_jax.methods as methods_pkg
+  folder = os.path.dirname(methods_pkg.__file__)
+  sources = {f[:-3]: open(os.path.join(folder, f)).read() for f in os.listdir(folder) if f.endswith(".py")}
+  registered = {name for name, src in sources.items() if "@METHODS.register(" in src}
+  assert {"clip", "siglip", "unicl"} <= registered
+  for name in sorted(registered):
+    imported = set()
+    for node in ast.walk(ast.parse(sources[name])):
+      if isinstance(node, ast.ImportFrom) and node.module == "cl_jax.methods":
+        imported |= {a.name for a in node.names}
+      elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("cl_jax.methods."):
+        imported.add(node.module.split(".")[2])
+    assert not imported & registered, f"cl_jax/methods/{name}.py imports method(s) {sorted(imported & registered)}"
 
 
 def test_missing_text_is_a_one_line_error():

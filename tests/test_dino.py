@@ -151,8 +151,8 @@ def dino_config(**overrides) -> ml_collections.ConfigDict:
   c.method = dict(name="dino", out_dim=64, hidden_dim=32, bottleneck_dim=16, momentum=0.9, teacher_temp=0.05,
                   warmup_teacher_temp_epochs=0)
   c.augment = ml_collections.ConfigDict({
-      "global": group(size=16, views=2, scale=(0.4, 1.0), blur_p=(1.0, 0.1), solarize_p=(0.0, 0.2)),
-      "local": group(size=8, views=3, scale=(0.05, 0.4), blur_p=(0.5,))})
+      "global": group(size=16, views=2, scale=(0.4, 1.0), blur_p=(1.0, 0.1), solarize_p=(0.0, 0.2), role="global"),
+      "local": group(size=8, views=3, scale=(0.05, 0.4), blur_p=(0.5,), role="local")})
   return c
 
 
@@ -165,7 +165,7 @@ def method_and_inputs():
            rng.normal(size=(3, 16, 8, 8, 3)).astype(np.float32))
   params, state = jax.jit(method.init)(jax.random.key(0), {"crops": tuple(c[:, :2] for c in crops)})
   # A non-trivial teacher and center, so the test covers their use.
-  state["teacher"]["params"] = jax.tree.map(lambda p: p * 0.9, state["teacher"]["params"])
+  state["ema"]["params"] = jax.tree.map(lambda p: p * 0.9, state["ema"]["params"])
   state["center"] = jnp.asarray(rng.normal(size=(64,)).astype(np.float32)) * 0.1
   return method, params, state, crops
 
@@ -222,7 +222,7 @@ def test_tiny_multicrop_run_freezes_last_layer_then_trains_it():
                                            num_epochs=None))
   snapshot = lambda s: jax.tree.map(np.asarray, jax.device_get(
       {"last": s["params"]["head"]["last_layer"], "dense1": s["params"]["head"]["dense1"],
-       "teacher": s["method_state"]["teacher"]["params"]["head"]["dense1"], "center": s["method_state"]["center"]}))
+       "teacher": s["method_state"]["ema"]["params"]["head"]["dense1"], "center": s["method_state"]["center"]}))
   history = [snapshot(state)]
   losses = []
   for _ in range(steps):

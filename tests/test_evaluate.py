@@ -13,7 +13,7 @@ from PIL import Image
 from cl_jax import evaluate, train
 from cl_jax.data import augment
 from cl_jax.data import shapes
-from cl_jax.eval import attributes, embedding_plot, linear
+from cl_jax.eval import attributes, embedding_plot, features, linear, monitors
 from configs import quickstart
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -143,7 +143,7 @@ def test_attributes_protocol_writes_metrics(workdir, loaded, capsys):
   assert row == {"step": 3, **metrics}
   assert set(metrics) == {f"eval/attr_{n}" for n in ("shape", "color", "size", "position", "background")}
   # The shape column is the class: it equals the kNN monitor's top-1 on the same features.
-  knn = train.evaluate_knn(run, train.make_encode(run, specs), state)
+  knn = monitors.evaluate_knn(run, features.make_encode(run, specs), state)
   assert metrics["eval/attr_shape"] == pytest.approx(knn["eval/knn_top1"])
   assert "kNN top-1 by attribute: shape" in capsys.readouterr().out
 
@@ -168,13 +168,13 @@ def test_tsne_protocol_writes_pngs(workdir, loaded):
 
 def test_linear_full_mode_trains_the_head(loaded):
   run, state, specs, _ = loaded
-  encode = train.make_encode(run, specs)
+  encode = features.make_encode(run, specs)
   head, mean, std, losses = linear.train_head_augmented(run, state, specs, encode, epochs=4, lr=0.005,
                                                         batch_size=64)
   assert losses.shape == (4 * (256 // 64),) and np.all(np.isfinite(losses))
   # The head fits the images: its cross-entropy (NumPy) on the training split's centre-crop features is below the
   # initial head's (minibatch losses of random crops are too noisy to compare over 16 steps).
-  feats, labels = train.extract_features(run, encode, state, run.train_source)
+  feats, labels = features.extract_features(run, encode, state, run.train_source)
 
   def xent(h):
     logits = ((np.asarray(feats) - mean) / std) @ np.asarray(h["w"]) + np.asarray(h["b"])
@@ -183,7 +183,7 @@ def test_linear_full_mode_trains_the_head(loaded):
 
   initial = linear.init_head(jax.random.key(0), feats.shape[1], run.train_source.num_classes)
   assert xent(head) < xent(initial) - 0.01
-  test_feats, test_labels = train.extract_features(run, encode, state, run.test_source)
+  test_feats, test_labels = features.extract_features(run, encode, state, run.test_source)
   acc = linear.classifier_accuracy(head, test_feats, test_labels, mean, std)
   assert 0.0 <= acc["top1"] <= acc["top5"] <= 100.0
 
@@ -199,6 +199,12 @@ def test_cli_unknown_protocol_and_empty_workdir(tmp_path):
   assert result.returncode == 1
   (line,) = result.stderr.strip().splitlines()
   assert line.startswith("error: ") and "no config.json" in line
+
+
+def test_cli_bad_eval_value_is_one_line(workdir):
+  result = cli(f"--workdir={workdir}", "--protocol=knn", "--config.eval.knn_k=0")
+  assert result.returncode == 1
+  assert result.stderr.strip() == "error: eval.knn_k=0: must be >= 1."
 
 
 def test_workdir_without_checkpoint(tmp_path):

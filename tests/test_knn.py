@@ -31,3 +31,12 @@ def test_separable_clusters_are_classified():
   assert acc["top1"] == 100.0
   shuffled = knn.knn_accuracy(feats[300:], rng.permutation(labels[300:]), feats[:300], labels[:300], 4, k=10)
   assert shuffled["top1"] < 60.0
+
+
+def test_declared_defaults_are_the_classifier_defaults():
+  """config.eval.knn_k / knn_temperature default to the classifier's k=200, T=0.07 (Wu et al. 2018; solo-learn)."""
+  assert (knn.SCHEMA["knn_k"].default, knn.SCHEMA["knn_temperature"].default) == (200, 0.07)
+  rng = np.random.default_rng(2)
+  memory, labels, queries = rng.normal(size=(250, 8)), rng.integers(0, 3, 250), rng.normal(size=(10, 8))
+  np.testing.assert_allclose(knn.knn_scores(queries, memory, labels, 3),
+                             reference_scores(queries, memory, labels, 3, 200, 0.07), rtol=1e-4)

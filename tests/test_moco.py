@@ -121,8 +121,28 @@ def test_moco_step_pushes_keys_into_the_queue_and_updates_key_encoder(moco_setup
   np.testing.assert_array_equal(queue[32:], old[32:])                       # untouched rows
   np.testing.assert_allclose(np.linalg.norm(queue[:32], axis=1), 1.0, rtol=1e-5)   # fresh unit keys
   assert not np.allclose(queue[:32], old[:32])
-  # m = 0.9 after a step with unchanged params: key params equal the (identical) query params.
-  mh.assert_trees_close(new["key_params"], params)
+
+
+def _gap(a, b) -> float:
+  return max(float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
+             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def test_key_encoder_is_the_momentum_ema_of_the_query_encoder(moco_setup):
+  """theta_k <- m theta_k + (1 - m) theta_q (MoCo Eq. 2) over 3 steps with SGD moving theta_q, against float64."""
+  method, params, state, views, _ = moco_setup
+  m, lr, mesh = 0.9, 0.5, parallel.make_mesh(1)
+  assert method.momentum == m
+  f64 = lambda tree: jax.tree.map(lambda x: np.asarray(x, np.float64), tree)
+  ema64 = f64(state["ema"]["params"])
+  for step in range(3):
+    _, grads, _, state = mh.run_step(method, params, state, views, mesh, step=step)   # EMA towards `params`
+    before, online = ema64, f64(params)
+    ema64 = jax.tree.map(lambda e, p: m * e + (1 - m) * p, before, online)
+    params = jax.tree.map(lambda p, g: p - lr * g, params, grads)
+  mh.assert_trees_close(state["ema"]["params"], ema64, rtol=1e-6, atol=1e-7)
+  # The last update visibly mixed the two: the EMA is neither the online params nor its previous value.
+  assert _gap(state["ema"]["params"], online) > 1e-2 and _gap(state["ema"]["params"], before) > 1e-2
 
 
 def test_moco_few_steps_finite_and_queue_wraps(moco_setup):

@@ -85,9 +85,9 @@ def test_momentum_encoder_is_the_cosine_ema_of_the_updated_query_encoder(steps):
   online = jax.tree.map(lambda p, g: np.asarray(p, np.float64) - SGD_LR * np.asarray(g, np.float64),
                         params["encoder"], grads["encoder"])
   expected = jax.tree.map(lambda t, o: m * np.asarray(t, np.float64) + (1 - m) * o,
-                          state["target"]["params"], online)
-  assert_trees_close(after["target"]["params"], expected, rtol=1e-5, atol=1e-7)
-  assert_trees_close(state["target"]["params"], params["encoder"], rtol=0, atol=0)
+                          state["ema"]["params"], online)
+  assert_trees_close(after["ema"]["params"], expected, rtol=1e-5, atol=1e-7)
+  assert_trees_close(state["ema"]["params"], params["encoder"], rtol=0, atol=0)
 
 
 def test_tiny_run_loss_decreases_without_collapse():

@@ -174,7 +174,7 @@ def test_clip_per_param(tree):
   want = jax.tree.map(lambda g: -g * min(1.0, c / (float(np.linalg.norm(g)) + 1e-6)), g1)
   assert_tree_close(got, want)
   assert any(float(np.linalg.norm(g)) < c for g in jax.tree.leaves(g1))   # both branches are exercised
-  with pytest.raises(ValueError, match="Unknown optim.clip_mode 'layer'; use one of: global, per_param"):
+  with pytest.raises(ValueError, match="optim.clip_mode='layer': must be one of 'global', 'per_param'"):
     build(name="sgd", lr=1.0, clip_norm=1.0, clip_mode="layer")
 
 
@@ -229,12 +229,23 @@ def test_constant_lr_keeps_the_peak_lr_for_matching_params(tree):
 @pytest.mark.parametrize("kw,match", [
     (dict(name="adam", lr=0.1), r"Unknown optimizer 'adam'; known optimizers: adamw, lamb, lars, sgd"),
     (dict(name="sgd", lr=0.0), r"optim.lr must be > 0"),
-    (dict(name="sgd", lr=0.1, lr_scaling="cubic"), r"Unknown lr_scaling 'cubic'.*linear, sqrt, none"),
-    (dict(name="sgd", lr=0.1, schedule="poly"), r"Unknown schedule 'poly'.*cosine, constant, step"),
+    (dict(name="sgd", lr=0.1, lr_scaling="cubic"), r"optim.lr_scaling='cubic': must be one of 'linear', 'sqrt', "),
+    (dict(name="sgd", lr=0.1, schedule="poly"), r"optim.schedule='poly': must be one of 'cosine', 'constant', 'step'"),
     (dict(name="sgd", lr=0.1, warmup_epochs=20.0), r"exceeds total_steps=100.*lower optim.warmup"),
-    (dict(name="sgd", lr=0.1, grad_accum_steps=0), r"grad_accum_steps must be >= 1"),
+    (dict(name="sgd", lr=0.1, momentun=0.5), r"^optim.momentun: unknown; did you mean momentum\? known: "),
+    (dict(name="adamw", lr=0.1, momentum=0.0), r"^optim.momentum=0.0: adamw does not read it \(only lars, sgd do\)"),
+    (dict(name="lars", lr=0.1, momentum=1.5), r"^optim.momentum=1.5: must be <= 1\.$"),
+    (dict(name="sgd", lr=0.1, grad_accum_steps=0), r"optim.grad_accum_steps=0: must be >= 1"),
 ])
 def test_errors(kw, match):
   with pytest.raises(ValueError, match=match) as err:
     build(**kw)
   assert "\n" not in str(err.value)
+
+
+def test_fields_of_another_optimizer_may_stay_at_their_defaults():
+  """A config may declare sgd's momentum and run adamw (or switch with --config.optim.name); the value is dropped."""
+  from cl_jax.optim import FIELDS, optim_section  # pylint: disable=g-import-not-at-top
+  hp = optim_section(make_cfg(name="adamw", lr=0.1, momentum=0.9, nesterov=False))
+  assert set(hp) == set(FIELDS["adamw"]) | {"name"} and "momentum" not in hp
+  assert optim_section(make_cfg(lr=0.1))["name"] == "sgd" and optim_section(make_cfg(lr=0.1))["momentum"] == 0.9

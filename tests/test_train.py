@@ -69,6 +69,7 @@ def test_best_checkpoint_keeps_the_best_eval_step(tmp_path):
 
 
 def _losses(config, steps):
+  """Losses of `steps` training steps, the jitted step and the final params (numpy)."""
   run = train.build_run(config)
   state, specs = train.init_state(run)
   step_fn = train.make_train_step(run, specs)
@@ -80,18 +81,34 @@ def _losses(config, steps):
   for _ in range(steps):
     state, metrics = step_fn(state, parallel.host_to_global(next(it), run.mesh))
     losses.append(float(metrics["loss"]))
-  return losses, step_fn
+  return losses, step_fn, parallel.to_host(state["params"])
+
+
+def _plain_sgd(config):
+  """Plain SGD: no momentum, no weight decay, constant lr, so a gradient scaled by the device count shows in the
+  params (Adam's normalisation would hide it)."""
+  config.optim = dict(name="sgd", lr=0.1, lr_scaling="none", momentum=0.0, nesterov=False, weight_decay=0.0,
+                      schedule="constant", warmup_epochs=0.0)
+  return config
 
 
 def test_eight_devices_match_one_device_and_compile_once():
-  c8 = tiny_config()
-  c1 = tiny_config()
+  c8 = _plain_sgd(tiny_config())
+  c1 = _plain_sgd(tiny_config())
   c1.parallel = {"num_devices": 1}
-  losses8, step_fn = _losses(c8, 5)
-  losses1, _ = _losses(c1, 5)
+  tx, w, g = train.build_run(c8).tx, {"w": jnp.ones((2, 3))}, {"w": jnp.full((2, 3), 2.0)}
+  opt_state = tx.init(w)
+  for _ in range(2):   # the second update is still -lr * g: no momentum, no weight decay
+    update, opt_state = tx.update(g, opt_state, w)
+  np.testing.assert_allclose(update["w"], -0.1 * 2.0, rtol=1e-6)
+  losses8, step_fn, params8 = _losses(c8, 5)
+  losses1, _, params1 = _losses(c1, 5)
   assert step_fn._cache_size() == 1   # no recompilation after the first step
   np.testing.assert_allclose(losses8, losses1, rtol=2e-4)
   assert len(set(np.round(losses8, 4))) > 1   # the run moves
+  flat1 = dict(jax.tree_util.tree_flatten_with_path(params1)[0])
+  for path, leaf in jax.tree_util.tree_flatten_with_path(params8)[0]:
+    np.testing.assert_allclose(leaf, flat1[path], atol=1e-5, err_msg=jax.tree_util.keystr(path))
 
 
 @METHODS.register("test_nan_at_step_3")

@@ -218,7 +218,10 @@ def solarize(image: jax.Array, key: jax.Array, *, p: Probability, threshold: flo
 _GROUP_DEFAULTS: dict[str, Any] = dict(
     size=224, views=2, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), flip_p=0.5, jitter_p=0.8,
     jitter_strength=1.0, jitter=(0.8, 0.8, 0.8, 0.2), grayscale_p=0.2, blur_p=(0.5,), blur_sigma=(0.1, 2.0),
-    solarize_p=(0.0,))
+    solarize_p=(0.0,), role="")
+# What a group's crops are for, where a method treats groups differently (DINO Sec. 3.1: "global" crops go to
+# the teacher and the student, "local" ones to the student only); "" declares nothing, as other methods need.
+ROLES = ("", "global", "local")
 
 
 def _as_tuple(name: str, value: Any, length: int | None) -> tuple[float, ...]:
@@ -233,6 +236,7 @@ def group(**overrides: Any) -> ml_collections.ConfigDict:
   cycled over views, give BYOL's asymmetric views (Table 6), and `size`/`scale` give DINO's local crops.
   `jitter` = (brightness, contrast, saturation, hue) before scaling by `jitter_strength`: SimCLR's (0.8, 0.8,
   0.8, 0.2); BYOL/DINO/MoCo v3 use torchvision ColorJitter(0.4, 0.4, 0.2, 0.1) = (0.8, 0.8, 0.4, 0.2) x 0.5.
+  `role` (one of ROLES) says which crops a group holds for methods that tell them apart (DINO's teacher).
   """
   unknown = sorted(set(overrides) - set(_GROUP_DEFAULTS))
   if unknown:
@@ -247,8 +251,10 @@ def group(**overrides: Any) -> ml_collections.ConfigDict:
     c[name] = _as_tuple(name, c[name], None)
   for name in ("flip_p", "jitter_p", "jitter_strength", "grayscale_p"):
     c[name] = float(c[name])
+  c["role"] = str(c["role"])
   probs = [c["flip_p"], c["jitter_p"], c["grayscale_p"], *c["blur_p"], *c["solarize_p"]]
   checks = [
+      (c["role"] in ROLES, f"role={c['role']!r} must be one of {ROLES}"),
       (c["size"] >= 1, f"size={c['size']} must be >= 1"),
       (c["views"] >= 0, f"views={c['views']} must be >= 0 (0 skips the group)"),
       (0 < c["scale"][0] <= c["scale"][1] <= 1, f"scale={c['scale']} must satisfy 0 < lo <= hi <= 1"),
@@ -296,10 +302,22 @@ def example_keys(key: jax.Array, indices: jax.Array) -> jax.Array:
   return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, indices)
 
 
+def _view_groups(recipe: ml_collections.ConfigDict) -> list[tuple[int, str, ml_collections.ConfigDict]]:
+  """(index in the recipe, name, validated group) of each group with views > 0, in the recipe's key order."""
+  groups = [(i, name, group(**dict(raw.items()))) for i, (name, raw) in enumerate(recipe.items())]
+  return [(i, name, cfg) for i, name, cfg in groups if cfg.views > 0]
+
+
+def view_groups(recipe: ml_collections.ConfigDict) -> tuple[tuple[str, ml_collections.ConfigDict], ...]:
+  """(name, validated group) of each array `make_views` returns, in its order: a method reads roles from here."""
+  return tuple((name, cfg) for _, name, cfg in _view_groups(recipe))
+
+
 def make_views(images: jax.Array, keys: jax.Array,
                recipe: ml_collections.ConfigDict) -> tuple[jax.Array, ...]:
   """Augmented, normalised views: one float32 [V, b, size, size, 3] array per group with views > 0, in the
-  recipe's key order (ml_collections sorts keys). View v of example i uses fold_in(keys[i], (group index, v)).
+  recipe's key order (ml_collections sorts keys; `view_groups` gives each array's name and role). View v of
+  example i uses fold_in(keys[i], (group index, v)).
 
   Call inside jit / shard_map with the recipe closed over (or as a static FrozenConfigDict).
   """
@@ -309,10 +327,7 @@ def make_views(images: jax.Array, keys: jax.Array,
     raise ValueError(f"make_views got {keys.shape[0]} keys for {images.shape[0]} images; "
                      "use example_keys(step_key, indices) for one key per example.")
   outputs = []
-  for group_index, (_, raw) in enumerate(recipe.items()):
-    cfg = group(**dict(raw.items()))
-    if cfg.views == 0:
-      continue
+  for group_index, _, cfg in _view_groups(recipe):
     blur_static, blur_ps = _view_probability(cfg.blur_p, cfg.views)
     solar_static, solar_ps = _view_probability(cfg.solarize_p, cfg.views)
 

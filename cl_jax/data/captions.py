@@ -221,8 +221,8 @@ class EpochText:
 
 def wrap(source: Any, split: str, data_cfg: Any, tokenizer: Any = None) -> Any:
   """`source` with text when `data_cfg.text` is set (a ConfigDict), else `source` unchanged."""
-  text_cfg = data_cfg.get("text", None)
+  text_cfg = data_cfg["text"] if "text" in data_cfg else None   # sources.data_section fills both in
   if text_cfg is None:
     return source
   return CaptionedSource(source, split, text_cfg, tokenizer=tokenizer,
-                         seed=int(data_cfg.get("seed", None) or 0))
+                         seed=int(data_cfg["seed"] if "seed" in data_cfg else 0) or 0)

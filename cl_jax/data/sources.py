@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from typing import Any, Callable, Protocol
 
-import ml_collections
 import numpy as np
 
 from cl_jax.registry import Registry
+from cl_jax.schema import Field, validate_variant
 
 # tfds split names per dataset where they are not ("train", "test").
 KNOWN_SPLITS: dict[str, tuple[str, str]] = {
@@ -46,37 +46,61 @@ class Source(Protocol):
   def __getitem__(self, i: int) -> dict[str, np.ndarray]: ...
 
 
-# Named in-repo datasets: name -> (data_cfg, split) -> Source. Other names go to folder or tfds.
-SOURCES: Registry[Callable[[ml_collections.ConfigDict, str], Source]] = Registry("dataset")
+# Named in-repo datasets: name -> (validated data section, split) -> Source. Other names go to folder or tfds.
+SOURCES: Registry[Callable[[dict[str, Any], str], Source]] = Registry("dataset")
 
 
-def _get(cfg: Any, key: str, default: Any = None) -> Any:
-  value = cfg.get(key, default)
-  return default if value is None else value
+# The config.data fields every source reads (num_train / num_test: None = the whole split), then each kind's.
+SHARED: dict[str, Field] = {"image_size": Field(32, low=1), "seed": Field(0), "num_train": Field(None),
+                            "num_test": Field(None), "worker_count": Field(0, low=0), "text": Field(None)}
+_FILES = {"on_bad_image": Field("skip", choices=("skip", "fail")), "holdout_frac": Field(0.1, low=0, high=1)}
+FIELDS: dict[str, dict[str, Field]] = {
+    "shapes": {**SHARED, "held_out_pairs": Field(())},
+    "folder": {**SHARED, **_FILES},
+    "captions": {**SHARED, **_FILES, "class_folders": Field(False, choices=(True, False))},
+    "webdataset": {**SHARED, **_FILES, "test_shards": Field(None)},
+    "tfds": {**SHARED, "data_dir": Field(None), "image_key": Field("image"), "label_key": Field("label"),
+             "caption_key": Field(None), "train_split": Field(None), "test_split": Field(None)}}
+
+
+def source_kind(dataset: str) -> str:
+  """Which FIELDS apply: folder, captions, webdataset (by prefix), a SOURCES name, else tfds."""
+  for prefix in (FOLDER_PREFIX, CAPTIONS_PREFIX, WEBDATASET_PREFIX):
+    if dataset.startswith(prefix):
+      return prefix[:-1]
+  return dataset if dataset in SOURCES else "tfds"
+
+
+def data_section(data_cfg: Any, dataset: str) -> dict[str, Any]:
+  """config.data validated against the fields of `dataset`'s source kind, defaults filled in; a typo is one line."""
+  kind = source_kind(dataset)
+  return {**validate_variant("data", data_cfg, {kind: SHARED, **FIELDS}, kind, ignore=("dataset",)),
+          "dataset": dataset}
 
 
 @SOURCES.register("shapes")
-def _shapes(data_cfg: ml_collections.ConfigDict, split: str) -> Source:
+def _shapes(hp: dict[str, Any], split: str) -> Source:
   from cl_jax.data.shapes import ShapesSource  # pylint: disable=g-import-not-at-top
 
-  return ShapesSource(split, num_examples=_get(data_cfg, f"num_{split}"),
-                      image_size=int(data_cfg.image_size), seed=int(_get(data_cfg, "seed", 0)),
-                      held_out_pairs=tuple(_get(data_cfg, "held_out_pairs", ())))
+  return ShapesSource(split, num_examples=hp[f"num_{split}"], image_size=int(hp["image_size"]),
+                      seed=int(hp["seed"] or 0), held_out_pairs=tuple(hp["held_out_pairs"] or ()))
 
 
 def tfds_split(dataset: str, split: str, data_cfg: Any = None) -> str:
   """The tfds split name for "train"/"test": config train_split/test_split, else KNOWN_SPLITS."""
   base = dataset.split("/")[0].split(":")[0]
   default = KNOWN_SPLITS.get(base, ("train", "test"))[split == "test"]
-  return default if data_cfg is None else str(_get(data_cfg, f"{split}_split", default))
+  chosen = None if data_cfg is None else data_section(data_cfg, dataset)[f"{split}_split"]
+  return default if chosen is None else str(chosen)
 
 
-def get_source(data_cfg: ml_collections.ConfigDict, split: str) -> Source:
-  """Builds the data source of `split` ("train" or "test") named by `data_cfg.dataset`, with text
-  (tokens, text_label) when `data_cfg.text` is set."""
+def get_source(data_cfg: Any, split: str) -> Source:
+  """Builds the data source of `split` ("train" or "test") named by `data_cfg.dataset` from the validated
+  config.data (data_section), with text (tokens, text_label) when `data_cfg.text` is set."""
   from cl_jax.data import captions  # pylint: disable=g-import-not-at-top
 
-  return captions.wrap(_image_source(data_cfg, split), split, data_cfg)
+  hp = data_section(data_cfg, str(data_cfg["dataset"]))
+  return captions.wrap(_image_source(hp, split), split, hp)
 
 
 def _nonempty(dataset: str, prefix: str, example: str) -> str:
@@ -86,44 +110,34 @@ def _nonempty(dataset: str, prefix: str, example: str) -> str:
   return path
 
 
-def _image_source(data_cfg: ml_collections.ConfigDict, split: str) -> Source:
+def _image_source(hp: dict[str, Any], split: str) -> Source:
   if split not in ("train", "test"):
     raise ValueError(f"Unknown split '{split}'; pass split='train' or split='test'.")
-  dataset = str(data_cfg.dataset)
-  image_size = int(data_cfg.image_size)
-  seed = int(_get(data_cfg, "seed", 0))
-  cap = _get(data_cfg, f"num_{split}")
-  on_bad_image = str(_get(data_cfg, "on_bad_image", "skip"))
-  holdout_frac = float(_get(data_cfg, "holdout_frac", 0.1))
-  if dataset.startswith(FOLDER_PREFIX):
+  dataset, kind = str(hp["dataset"]), source_kind(str(hp["dataset"]))
+  common = dict(image_size=int(hp["image_size"]), num_examples=hp[f"num_{split}"], seed=int(hp["seed"] or 0))
+  if kind in ("folder", "captions", "webdataset"):
+    common.update(on_bad_image=str(hp["on_bad_image"]), holdout_frac=float(hp["holdout_frac"]))
+  if kind == "folder":
     from cl_jax.data.folder import FolderSource  # pylint: disable=g-import-not-at-top
 
-    path = _nonempty(dataset, FOLDER_PREFIX, "/path/to/images")
-    return FolderSource(path, split, image_size=image_size, num_examples=cap, seed=seed,
-                        on_bad_image=on_bad_image, holdout_frac=holdout_frac)
-  if dataset.startswith(CAPTIONS_PREFIX):
+    return FolderSource(_nonempty(dataset, FOLDER_PREFIX, "/path/to/images"), split, **common)
+  if kind == "captions":
     from cl_jax.data.caption_folder import CaptionFolderSource  # pylint: disable=g-import-not-at-top
 
     path = _nonempty(dataset, CAPTIONS_PREFIX, "/path/to/images_and_txt")
-    return CaptionFolderSource(path, split, image_size=image_size, num_examples=cap, seed=seed,
-                               on_bad_image=on_bad_image, holdout_frac=holdout_frac,
-                               class_folders=bool(_get(data_cfg, "class_folders", False)))
-  if dataset.startswith(WEBDATASET_PREFIX):
+    return CaptionFolderSource(path, split, class_folders=bool(hp["class_folders"]), **common)
+  if kind == "webdataset":
     from cl_jax.data.webdataset import WebDatasetSource  # pylint: disable=g-import-not-at-top
 
     pattern = _nonempty(dataset, WEBDATASET_PREFIX, "/data/shards/{00000..00009}.tar")
-    return WebDatasetSource(pattern, split, image_size=image_size, num_examples=cap, seed=seed,
-                            on_bad_image=on_bad_image, holdout_frac=holdout_frac,
-                            test_pattern=_get(data_cfg, "test_shards"))
-  if dataset in SOURCES:
-    return SOURCES.get(dataset)(data_cfg, split)
+    return WebDatasetSource(pattern, split, test_pattern=hp["test_shards"], **common)
+  if kind != "tfds":
+    return SOURCES.get(dataset)(hp, split)
   from cl_jax.data import tfds_source  # pylint: disable=g-import-not-at-top
 
-  kwargs = dict(image_size=image_size, data_dir=_get(data_cfg, "data_dir"), num_examples=cap,
-                seed=seed, image_key=str(_get(data_cfg, "image_key", "image")),
-                label_key=str(_get(data_cfg, "label_key", "label")))
-  caption_key = _get(data_cfg, "caption_key")
-  if caption_key:
-    return tfds_source.TfdsCaptionSource(dataset, tfds_split(dataset, split, data_cfg),
-                                         caption_key=str(caption_key), **kwargs)
-  return tfds_source.TfdsSource(dataset, tfds_split(dataset, split, data_cfg), **kwargs)
+  kwargs = dict(common, data_dir=hp["data_dir"], image_key=str(hp["image_key"] or "image"),
+                label_key=str(hp["label_key"] or "label"))
+  if hp["caption_key"]:
+    return tfds_source.TfdsCaptionSource(dataset, tfds_split(dataset, split, hp),
+                                         caption_key=str(hp["caption_key"]), **kwargs)
+  return tfds_source.TfdsSource(dataset, tfds_split(dataset, split, hp), **kwargs)

@@ -12,7 +12,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from cl_jax.eval import knn
+from cl_jax.eval import features, knn, settings
+from cl_jax.run_state import Run, TrainState
 
 
 def attribute_knn(queries: np.ndarray, query_attrs: Mapping[str, np.ndarray], memory: np.ndarray,
@@ -40,17 +41,16 @@ def chance(source: Any) -> dict[str, float]:
           for name in source.attributes}
 
 
-def evaluate_attributes(run: Any, state: Any, specs: Any) -> dict[str, float]:
+def evaluate_attributes(run: Run, state: TrainState, specs: Any) -> dict[str, float]:
   """{"eval/attr_<name>": kNN top-1 %} of test-split features against the train split, per attribute."""
-  from cl_jax import train  # pylint: disable=g-import-not-at-top
-
   check_source(run.train_source, run.config.dataset)
-  encode = train.make_encode(run, specs)
+  e = settings.read(run.config, knn.SCHEMA)
+  encode = features.make_encode(run, specs)
   # As the kNN monitor: the train split (or its first eval.knn_train_examples) is the memory.
-  memory, _ = train.extract_features(run, encode, state, run.train_source, run.config.eval.get("knn_train_examples"))
-  queries, _ = train.extract_features(run, encode, state, run.test_source)
+  memory, _ = features.extract_features(run, encode, state, run.train_source, e.knn_train_examples)
+  queries, _ = features.extract_features(run, encode, state, run.test_source)
   names = run.train_source.attributes
   acc = attribute_knn(queries, {n: run.test_source.attribute_values(n) for n in names}, memory,
                       {n: run.train_source.attribute_values(n)[:len(memory)] for n in names},
-                      k=run.config.eval.get("knn_k", 200), temperature=run.config.eval.get("knn_temperature", 0.07))
+                      k=e.knn_k, temperature=e.knn_temperature)
   return {f"eval/attr_{n}": v for n, v in acc.items()}

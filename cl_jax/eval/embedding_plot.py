@@ -9,7 +9,7 @@
   the query in the first column, a green / red border for a neighbour of the same / a different label.
 
 Needs matplotlib and scikit-learn (imported when used). Images are looked up by position in the source, which
-is the order `train.extract_features` returns them in on one process.
+is the order `features.extract_features` returns them in on one process.
 """
 from __future__ import annotations
 
@@ -19,8 +19,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from cl_jax import train
+from cl_jax.eval import features, knn, settings
+from cl_jax.run_state import Run, TrainState
+from cl_jax.schema import Field
 
+# config.eval fields of the plots (the `tsne` protocol): points in the 2-D embedding, retrieval queries and k.
+SCHEMA = {"tsne_points": Field(2000, low=3), "retrieval_queries": Field(8, low=1), "retrieval_k": Field(8, low=1)}
 MAX_CLASSES = 20
 _QUERY_COLOR, _SAME_COLOR, _DIFF_COLOR = "#1f77b4", "#2ca02c", "#d62728"
 
@@ -143,16 +147,16 @@ def plot_retrievals(query_images: np.ndarray, query_labels: np.ndarray, neighbou
   return path
 
 
-def embedding_plots(run: train.Run, state: train.TrainState, specs: Any, workdir: str, step: int, *,
+def embedding_plots(run: Run, state: TrainState, specs: Any, workdir: str, step: int, *,
                     max_points: int = 2000, num_queries: int = 8, k: int = 8, seed: int = 0) -> dict[str, Any]:
   """Writes the t-SNE/UMAP and retrieval PNGs of a run; returns their paths and the retrieval precision@k (%)."""
   if not run.train_source.has_labels or run.test_source is None:
     raise ValueError(f"the tsne protocol needs labels; dataset '{run.config.dataset}' has none, use a labelled "
                      "dataset (class folders, shapes or a tfds name).")
-  encode = train.make_encode(run, specs)
-  memory, memory_labels = train.extract_features(run, encode, state, run.train_source,
-                                                 run.config.eval.get("knn_train_examples"))
-  test, test_labels = train.extract_features(run, encode, state, run.test_source)
+  encode = features.make_encode(run, specs)
+  memory, memory_labels = features.extract_features(run, encode, state, run.train_source,
+                                                    settings.read(run.config, knn.SCHEMA).knn_train_examples)
+  test, test_labels = features.extract_features(run, encode, state, run.test_source)
   names = list(run.train_source.class_names or [])
   out_dir = os.path.join(workdir, "eval")
   os.makedirs(out_dir, exist_ok=True)

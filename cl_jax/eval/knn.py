@@ -8,6 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from cl_jax.losses.contrastive import l2_normalize
+from cl_jax.schema import Field
+
+# config.eval fields of every kNN evaluation (monitor, attributes, plots); knn_train_examples=0: the whole train split.
+SCHEMA = {"knn_k": Field(200, low=1), "knn_temperature": Field(0.07, low=0, open_low=True),
+          "knn_train_examples": Field(0, low=0)}
 
 
 @functools.partial(jax.jit, static_argnames=("num_classes", "k", "temperature"))

@@ -7,7 +7,7 @@ MoCo v3 (Sec. 4) and MAE (App. A.2) linear probes: it makes one learning rate wo
 
 Two modes:
 - fast: features of the centre-cropped train and test images are extracted once
-  (`train.extract_features`) and the classifier is trained on them for many epochs in ONE jitted
+  (`features.extract_features`) and the classifier is trained on them for many epochs in ONE jitted
   `lax.scan` (`train_linear_classifier`). Standard for kNN-style monitoring and on CPU; all train
   features must fit in device memory.
 - full: the standard protocol with augmentation: every epoch each training image gets a fresh
@@ -29,13 +29,21 @@ import numpy as np
 import optax
 from jax.sharding import PartitionSpec as P
 
-from cl_jax import parallel, train
+from cl_jax import parallel
 from cl_jax.data import augment, pipeline
+from cl_jax.eval import features
+from cl_jax.run_state import Run, TrainState
+from cl_jax.schema import Field
 
 Head = dict[str, jax.Array]   # {"w": [D, C], "b": [C]}
 STATS_EXAMPLES = 10_000       # full mode: training images whose centre-crop features give mean / std
 _EPS = 1e-6                   # BatchNorm1d(affine=False, eps=1e-6) of the MAE linear probe
 _CHUNK = 1024                 # test examples scored per jitted call
+# config.eval fields of the linear protocol: linear_fast=None is fast on CPU, full (augmented) elsewhere;
+# linear_epochs=None is 100 fast / 90 full.
+SCHEMA = {"linear_fast": Field(None, choices=(True, False)), "linear_epochs": Field(None, low=1),
+          "linear_lr": Field(0.1, low=0, open_low=True), "linear_batch_size": Field(256, low=1),
+          "linear_weight_decay": Field(0.0, low=0), "linear_seed": Field(0)}
 
 
 def feature_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -155,9 +163,9 @@ def _augment_recipe(size: int) -> ml_collections.ConfigDict:
                                                             grayscale_p=0.0, blur_p=(0.0,))})
 
 
-def make_linear_step(run: train.Run, specs: Any, tx: optax.GradientTransformation, seed: int):
+def make_linear_step(run: Run, specs: Any, tx: optax.GradientTransformation, seed: int):
   """jit(shard_map(step)): augment the local batch, frozen encoder (inference mode), SGD step of the head."""
-  recipe = _augment_recipe(run.config.eval.get("image_size", 0) or run.config.data.image_size)
+  recipe = _augment_recipe(features.image_size(run.config))
   method = run.method
 
   def per_device(head, opt_state, params, method_state, mean, std, step, images, labels):
@@ -181,7 +189,7 @@ def make_linear_step(run: train.Run, specs: Any, tx: optax.GradientTransformatio
   return fn
 
 
-def train_head_augmented(run: train.Run, state: train.TrainState, specs: Any, encode: Any, *, epochs: int,
+def train_head_augmented(run: Run, state: TrainState, specs: Any, encode: Any, *, epochs: int,
                          lr: float, batch_size: int, weight_decay: float = 0.0, seed: int = 0
                          ) -> tuple[Head, np.ndarray, np.ndarray, np.ndarray]:
   """Full mode's training: (head, feature mean, feature std, per-step losses) on random-resized crops + flips."""
@@ -190,7 +198,7 @@ def train_head_augmented(run: train.Run, state: train.TrainState, specs: Any, en
   if steps_per_epoch == 0 or epochs < 1:
     raise ValueError(f"linear evaluation with batch_size {batch_size} and epochs {epochs} makes no step on "
                      f"{len(run.train_source)} training examples; lower eval.linear_batch_size or raise epochs.")
-  stat_feats, _ = train.extract_features(run, encode, state, run.train_source, STATS_EXAMPLES)
+  stat_feats, _ = features.extract_features(run, encode, state, run.train_source, STATS_EXAMPLES)
   mean, std = feature_stats(stat_feats)
   tx = make_optimizer(lr, epochs * steps_per_epoch, weight_decay)
   replicated = parallel.replicated(run.mesh)
@@ -210,19 +218,19 @@ def train_head_augmented(run: train.Run, state: train.TrainState, specs: Any, en
   return parallel.to_host(head), mean, std, np.asarray(jax.device_get(losses), np.float32)
 
 
-def linear_eval(run: train.Run, state: train.TrainState, specs: Any, *, fast: bool, epochs: int, lr: float,
+def linear_eval(run: Run, state: TrainState, specs: Any, *, fast: bool, epochs: int, lr: float,
                 batch_size: int, seed: int = 0, weight_decay: float = 0.0) -> dict[str, float]:
   """Linear-evaluation top-1/top-5 (%) on the test split of a trained run (fast: precomputed features)."""
   if not run.train_source.has_labels or run.test_source is None:
     raise ValueError(f"linear evaluation needs labels; dataset '{run.config.dataset}' has none, use a labelled "
                      "dataset (class folders, shapes or a tfds name).")
-  encode = train.make_encode(run, specs)
+  encode = features.make_encode(run, specs)
   if not fast:
     head, mean, std, _ = train_head_augmented(run, state, specs, encode, epochs=epochs, lr=lr,
                                               batch_size=batch_size, weight_decay=weight_decay, seed=seed)
-    test_feats, test_labels = train.extract_features(run, encode, state, run.test_source)
+    test_feats, test_labels = features.extract_features(run, encode, state, run.test_source)
     return classifier_accuracy(head, test_feats, test_labels, mean, std)
-  train_feats, train_labels = train.extract_features(run, encode, state, run.train_source)
-  test_feats, test_labels = train.extract_features(run, encode, state, run.test_source)
+  train_feats, train_labels = features.extract_features(run, encode, state, run.train_source)
+  test_feats, test_labels = features.extract_features(run, encode, state, run.test_source)
   return train_linear_classifier(train_feats, train_labels, test_feats, test_labels, run.train_source.num_classes,
                                  epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay, seed=seed)

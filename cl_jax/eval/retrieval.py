@@ -1,10 +1,10 @@
 """Image-to-text and text-to-image retrieval recall@K on the test split's captions.
 
-Registered as the training monitor "retrieval"; `python -m cl_jax.evaluate --protocol=retrieval` runs it on a
-trained workdir. Each test image is paired with its first caption (`source.captions_of(i)[0]`, the caption the
-data source evaluates with), or with the `tokens` of its batch row when the source has no captions. A text counts
-as correct for an image when its token row equals the image's own (identical captions are interchangeable).
-`config.eval.retrieval_examples` caps the number of pairs (default: the whole split).
+The training monitor "retrieval" (cl_jax/eval/monitors.py); `python -m cl_jax.evaluate --protocol=retrieval`
+runs it on a trained workdir. Each test image is paired with its first caption (`source.captions_of(i)[0]`, the
+caption the data source evaluates with), or with the `tokens` of its batch row when the source has no captions.
+A text counts as correct for an image when its token row equals the image's own (identical captions are
+interchangeable). `config.eval.retrieval_examples` caps the number of pairs (0, the default: the whole split).
 """
 from __future__ import annotations
 
@@ -12,10 +12,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from cl_jax.eval import settings
 from cl_jax.eval.zeroshot import check_language_image, embed_split, embed_texts
-from cl_jax.train import MONITORS, Run, TrainState
+from cl_jax.run_state import Run, TrainState
+from cl_jax.schema import Field
 
 KS = (1, 5, 10)
+SCHEMA = {"retrieval_examples": Field(0, low=0)}   # config.eval fields
 
 
 def retrieval_recall(image_emb: np.ndarray, text_emb: np.ndarray, match: np.ndarray,
@@ -49,7 +52,7 @@ def evaluate_retrieval(run: Run, state: TrainState, specs: Any) -> dict[str, flo
   if source is None:
     raise ValueError(f"retrieval needs a test split; dataset '{run.config.dataset}' has none. Remove "
                      "'retrieval' from config.eval.monitors.")
-  limit = run.config.eval.get("retrieval_examples", None) or None
+  limit = settings.read(run.config, SCHEMA).retrieval_examples or None
   data = embed_split(run, state, specs, source, ("label", "color"), max_examples=None)
   images = data["embedding"][:limit]
   fallback = None
@@ -61,9 +64,3 @@ def evaluate_retrieval(run: Run, state: TrainState, specs: Any) -> dict[str, flo
   match = text_id[:, None] == text_id[None, :]
   recall = retrieval_recall(images, embed_texts(run, state, tokens), match)
   return {f"eval/{k}": v for k, v in recall.items()}
-
-
-@MONITORS.register("retrieval")
-def retrieval_monitor(run: Run, state: TrainState, specs: Any) -> dict[str, float]:
-  """Retrieval recall@1/5/10 both ways on the test split's captions, as a training monitor."""
-  return evaluate_retrieval(run, state, specs)

@@ -1,22 +1,24 @@
 """Zero-shot classification with a language-image model: class names x prompt templates -> a text classifier.
 
-Registered as the training monitor "zeroshot" (config.eval.monitors); `python -m cl_jax.evaluate
+The training monitor "zeroshot" (cl_jax/eval/monitors.py, config.eval.monitors); `python -m cl_jax.evaluate
 --protocol=zeroshot` runs it on a trained workdir. Works on the embedded test split and on any labelled source
 with `class_names` (tfds classification datasets included). Prompt templates: config.eval.prompt_templates, else
 the shapes-worded ones for `shapes` and CLIP's 7-template ensemble otherwise (cl_jax/data/tokenizer.py).
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import jax
 import numpy as np
-from jax.sharding import PartitionSpec as P
 
-from cl_jax import parallel
-from cl_jax.data import augment, pipeline
 from cl_jax.data.tokenizer import CLIP_PROMPT_TEMPLATES, SHAPES_PROMPT_TEMPLATES
-from cl_jax.train import MONITORS, Run, TrainState
+from cl_jax.eval import features, settings
+from cl_jax.run_state import Run, TrainState
+from cl_jax.schema import Field
+
+# config.eval fields: prompt_templates=None means config.data.text.templates, else the defaults below.
+SCHEMA = {"prompt_templates": Field(None)}
 
 
 def check_language_image(run: Run, what: str) -> None:
@@ -26,23 +28,10 @@ def check_language_image(run: Run, what: str) -> None:
                      f"remove '{what}' from config.eval.monitors.")
 
 
-def _image_embedder(run: Run, specs: Any) -> Callable[[TrainState, jax.Array], jax.Array]:
-  """jit(shard_map) of uint8 images -> normalised joint-space embeddings (eval preprocessing), cached per run."""
-  if "image_embedding" not in run.cache:
-    size = run.config.eval.get("image_size", 0) or run.config.data.image_size
-    crop_frac = run.config.eval.get("crop_frac", 1.0)
-
-    def per_device(params, method_state, images):
-      return run.method.encode_image_embedding(params, method_state, augment.eval_preprocess(images, size, crop_frac))
-
-    fn = jax.jit(jax.shard_map(per_device, mesh=run.mesh, in_specs=(P(), specs["method_state"], P(parallel.DATA)),
-                               out_specs=P(parallel.DATA)))
-    run.cache["image_embedding"] = lambda state, images: fn(state["params"], state["method_state"], images)
-  return run.cache["image_embedding"]
-
-
 def embed_texts(run: Run, state: TrainState, tokens: np.ndarray, chunk: int = 256) -> np.ndarray:
-  """Normalised text embeddings [N, D] of token rows, in fixed-size chunks (one compile per run)."""
+  """Normalised text embeddings [N, D] of token rows, in fixed-size chunks (one compile per run).
+
+  Its own loop, not features.extract: token rows come from prompts or captions, not from a source's batches."""
   if "text_embedding" not in run.cache:
     run.cache["text_embedding"] = jax.jit(run.method.encode_text)
   fn = run.cache["text_embedding"]
@@ -63,29 +52,11 @@ def embed_split(run: Run, state: TrainState, specs: Any, source: Any,
   cached = run.cache.get("split_embeddings")
   if cached is not None and cached[0] == key:
     return cached[1]
-  encode = _image_embedder(run, specs)
-  batch_size = run.config.eval.get("batch_size", 0) or run.config.batch_size
-  local = parallel.check_batch_size(batch_size, run.mesh) * run.mesh.local_mesh.size
-  loader = pipeline.make_loader(source, global_batch=batch_size, seed=0, shuffle=False, num_epochs=1,
-                                drop_remainder=False)
-  parts: dict[str, list[np.ndarray]] = {}
-  total = 0
-  for batch in loader:
-    n = len(batch["image"])
-    pad = local - n
-    host = {"image": np.pad(batch["image"], [(0, pad)] + [(0, 0)] * 3), "valid": np.arange(local) < n}
-    present = [f for f in fields if f in batch]
-    for f in present:
-      host[f] = np.pad(batch[f], [(0, pad)] + [(0, 0)] * (batch[f].ndim - 1))
-    glob = parallel.host_to_global(host, run.mesh)
-    out = parallel.to_host({"embedding": encode(state, glob["image"]), **{k: glob[k] for k in host if k != "image"}})
-    for k, v in out.items():
-      if k != "valid":
-        parts.setdefault(k, []).append(v[out["valid"]])
-    total += int(out["valid"].sum())
-    if max_examples and total >= max_examples:
-      break
-  result = {k: np.concatenate(v)[:max_examples or None] for k, v in parts.items()}
+  if "image_embedding" not in run.cache:
+    run.cache["image_embedding"] = features.make_encode(run, specs, "encode_image_embedding")
+  out = features.extract(run, run.cache["image_embedding"], state, source, fields, max_examples)
+  out["embedding"] = out.pop("features")
+  result = {k: v[:max_examples or None] for k, v in out.items()}
   run.cache["split_embeddings"] = (key, result)
   return result
 
@@ -94,7 +65,7 @@ def default_templates(run: Run) -> tuple[str, ...]:
   """config.eval.prompt_templates, else config.data.text.templates (the training prompts), else shapes-worded
   prompts for `shapes` and CLIP's 7 templates otherwise."""
   text = run.config.data.get("text", None) or {}
-  templates = run.config.eval.get("prompt_templates", None) or text.get("templates", None)
+  templates = settings.read(run.config, SCHEMA).prompt_templates or text.get("templates", None)
   if templates:
     return (templates,) if isinstance(templates, str) else tuple(templates)
   name = getattr(run.test_source, "name", run.config.dataset)
@@ -147,8 +118,3 @@ def evaluate_zeroshot(run: Run, state: TrainState, specs: Any) -> dict[str, floa
                                                                  classes, ks=(1,))[1]
   return result
 
-
-@MONITORS.register("zeroshot")
-def zeroshot_monitor(run: Run, state: TrainState, specs: Any) -> dict[str, float]:
-  """Zero-shot top-1/top-5 (CLIP, Radford et al. 2021, Sec. 3.1) of the test split, as a training monitor."""
-  return evaluate_zeroshot(run, state, specs)

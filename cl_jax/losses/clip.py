@@ -6,22 +6,11 @@ import math
 import jax
 import jax.numpy as jnp
 
+from cl_jax import parallel
 from cl_jax.losses.contrastive import l2_normalize
 
 LOGIT_SCALE_INIT = math.log(1 / 0.07)   # CLIP Sec. 2.5: temperature initialised to 0.07
 LOGIT_SCALE_MAX = math.log(100.0)       # "clipped to prevent scaling the logits by more than 100"
-
-
-def gather_rows(x: jax.Array, axis_name: str | None) -> tuple[jax.Array, jax.Array]:
-  """All rows of the global batch (device order), and the offset of this device's rows in it."""
-  if axis_name is None:
-    return x, jnp.zeros((), jnp.int32)
-  return jax.lax.all_gather(x, axis_name, tiled=True), jax.lax.axis_index(axis_name) * x.shape[0]
-
-
-def global_sum(x: jax.Array, axis_name: str | None) -> jax.Array:
-  """Sum over devices (identity on one device)."""
-  return x if axis_name is None else jax.lax.psum(x, axis_name)
 
 
 def logit_scale(log_scale: jax.Array) -> jax.Array:
@@ -41,16 +30,16 @@ def clip_loss(image_emb: jax.Array, text_emb: jax.Array, log_scale: jax.Array,
   """
   img, txt = l2_normalize(image_emb), l2_normalize(text_emb)
   scale = logit_scale(log_scale)
-  all_img, offset = gather_rows(img, axis_name)
-  all_txt, _ = gather_rows(txt, axis_name)
+  all_img, all_txt = parallel.all_gather(img, axis_name), parallel.all_gather(txt, axis_name)
+  offset = parallel.row_offset(img.shape[0], axis_name)
   n = all_img.shape[0]
   target = offset + jnp.arange(img.shape[0])
   loss, metrics = 0.0, {}
   for name, rows, cols in (("i2t", img, all_txt), ("t2i", txt, all_img)):
     logits = scale * rows @ cols.T                                    # [b, N]
     pos = jnp.take_along_axis(logits, target[:, None], axis=1)[:, 0]
-    loss += global_sum(jnp.sum(jax.nn.logsumexp(logits, axis=1) - pos), axis_name) / (2 * n)
+    loss += parallel.psum(jnp.sum(jax.nn.logsumexp(logits, axis=1) - pos), axis_name) / (2 * n)
     correct = (jnp.argmax(logits, axis=1) == target).astype(jnp.float32)
-    metrics[f"{name}_acc"] = global_sum(jnp.sum(correct), axis_name) / n
+    metrics[f"{name}_acc"] = parallel.psum(jnp.sum(correct), axis_name) / n
   metrics["logit_scale"] = scale
   return loss, metrics

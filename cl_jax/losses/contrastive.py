@@ -4,6 +4,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from cl_jax import parallel
+
 _MASKED = -1e9
 
 
@@ -11,18 +13,6 @@ def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
   """x / ||x|| along the last axis, in float32."""
   x = x.astype(jnp.float32)
   return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps))
-
-
-def _gather(x: jax.Array, axis_name: str | None) -> tuple[jax.Array, jax.Array]:
-  """All rows of the global batch, and the offset of this device's rows in it."""
-  if axis_name is None:
-    return x, jnp.zeros((), jnp.int32)
-  offset = jax.lax.axis_index(axis_name) * x.shape[0]
-  return jax.lax.all_gather(x, axis_name, tiled=True), offset
-
-
-def _global_sum(x: jax.Array, axis_name: str | None) -> jax.Array:
-  return x if axis_name is None else jax.lax.psum(x, axis_name)
 
 
 def nt_xent(z1: jax.Array, z2: jax.Array, temperature: float,
@@ -36,8 +26,8 @@ def nt_xent(z1: jax.Array, z2: jax.Array, temperature: float,
   """
   z1, z2 = l2_normalize(z1), l2_normalize(z2)
   b = z1.shape[0]
-  all1, offset = _gather(z1, axis_name)
-  all2, _ = _gather(z2, axis_name)
+  all1, all2 = parallel.all_gather(z1, axis_name), parallel.all_gather(z2, axis_name)
+  offset = parallel.row_offset(b, axis_name)
   n = all1.shape[0]
   keys = jnp.concatenate([all1, all2])                       # [2N, D]
   anchors = jnp.concatenate([z1, z2])                        # [2b, D]
@@ -50,6 +40,6 @@ def nt_xent(z1: jax.Array, z2: jax.Array, temperature: float,
   pos_logit = jnp.take_along_axis(logits, pos_idx[:, None], axis=1)[:, 0]
   per_anchor = jax.nn.logsumexp(logits, axis=1) - pos_logit
   correct = (jnp.argmax(logits, axis=1) == pos_idx).astype(jnp.float32)
-  loss = _global_sum(jnp.sum(per_anchor), axis_name) / (2 * n)
-  acc = _global_sum(jnp.sum(correct), axis_name) / (2 * n)
+  loss = parallel.psum(jnp.sum(per_anchor), axis_name) / (2 * n)
+  acc = parallel.psum(jnp.sum(correct), axis_name) / (2 * n)
   return loss, {"contrast_acc": acc}

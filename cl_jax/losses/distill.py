@@ -5,6 +5,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cl_jax import parallel
+
 
 def teacher_temperature(step: jax.Array, steps_per_epoch: int, warmup_temp: float, temp: float,
                         warmup_epochs: int) -> jax.Array:
@@ -22,10 +24,7 @@ def teacher_temperature(step: jax.Array, steps_per_epoch: int, warmup_temp: floa
 def batch_center(teacher: jax.Array, axis_name: str | None = None) -> jax.Array:
   """Mean teacher output over every crop and example of the GLOBAL batch (DINO Eq. 4; psum over devices)."""
   teacher = teacher.astype(jnp.float32).reshape(-1, teacher.shape[-1])
-  total, count = jnp.sum(teacher, axis=0), teacher.shape[0]
-  if axis_name is not None:
-    total, count = jax.lax.psum(total, axis_name), count * jax.lax.axis_size(axis_name)
-  return total / count
+  return parallel.psum(jnp.sum(teacher, axis=0), axis_name) / (teacher.shape[0] * parallel.axis_size(axis_name))
 
 
 def update_center(center: jax.Array, teacher: jax.Array, momentum: float = 0.9,
@@ -60,7 +59,6 @@ def dino_loss(student: jax.Array, teacher: jax.Array, center: jax.Array, student
   cross = -jnp.einsum("tbk,sbk->tsb", p_teacher, log_p_student)            # [T, S, b]
   loss = jnp.sum(jnp.mean(cross, axis=-1) * pairs) / num_terms
   entropy = jnp.mean(-jnp.sum(p_teacher * jax.nn.log_softmax(logits_t, axis=-1), axis=-1))
-  if axis_name is not None:
-    loss, entropy = jax.lax.pmean(loss, axis_name), jax.lax.pmean(entropy, axis_name)
+  loss, entropy = parallel.pmean(loss, axis_name), parallel.pmean(entropy, axis_name)
   # Each teacher crop appears in the same number of terms, so the mean entropy over terms is `entropy`.
   return loss, {"teacher_entropy": entropy, "teacher_kl": loss - entropy}

@@ -4,6 +4,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from cl_jax import parallel
 from cl_jax.losses.contrastive import l2_normalize
 
 
@@ -19,15 +20,11 @@ def moco_v3_ctr(q: jax.Array, k: jax.Array, temperature: float,
   """
   q, k = l2_normalize(q), l2_normalize(jax.lax.stop_gradient(k))
   b = q.shape[0]
-  if axis_name is None:
-    keys, offset = k, 0
-  else:
-    keys, offset = jax.lax.all_gather(k, axis_name, tiled=True), jax.lax.axis_index(axis_name) * b
+  keys, offset = parallel.all_gather(k, axis_name), parallel.row_offset(b, axis_name)
   logits = q @ keys.T / temperature                                    # [b, N]
   labels = offset + jnp.arange(b)
   per_query = jax.nn.logsumexp(logits, axis=1) - jnp.take_along_axis(logits, labels[:, None], axis=1)[:, 0]
   correct = (jnp.argmax(logits, axis=1) == labels).astype(jnp.float32)
-  total, hits, count = jnp.sum(per_query), jnp.sum(correct), jnp.asarray(b, jnp.float32)
-  if axis_name is not None:
-    total, hits, count = (jax.lax.psum(x, axis_name) for x in (total, hits, count))
+  total, hits, count = (parallel.psum(x, axis_name)
+                        for x in (jnp.sum(per_query), jnp.sum(correct), jnp.asarray(b, jnp.float32)))
   return total / count * (2.0 * temperature), {"contrast_acc": hits / count}

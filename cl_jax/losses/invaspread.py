@@ -4,6 +4,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from cl_jax import parallel
 from cl_jax.losses.contrastive import l2_normalize
 
 _MASKED = -1e9
@@ -25,12 +26,8 @@ def invaspread_loss(z1: jax.Array, z2: jax.Array, temperature: float,
   """
   z1, z2 = l2_normalize(z1), l2_normalize(z2)
   b = z1.shape[0]
-  if axis_name is None:
-    all1, all2, offset = z1, z2, 0
-  else:
-    all1 = jax.lax.all_gather(z1, axis_name, tiled=True)
-    all2 = jax.lax.all_gather(z2, axis_name, tiled=True)
-    offset = jax.lax.axis_index(axis_name) * b
+  all1, all2 = parallel.all_gather(z1, axis_name), parallel.all_gather(z2, axis_name)
+  offset = parallel.row_offset(b, axis_name)
   n = all1.shape[0]
   targets = jax.lax.stop_gradient(jnp.concatenate([all1, all2]))       # [2N, D]
   anchors = jnp.concatenate([z1, z2])                                  # [2b, D]
@@ -45,8 +42,6 @@ def invaspread_loss(z1: jax.Array, z2: jax.Array, temperature: float,
   log_p_pos = jnp.take_along_axis(logits, pos_idx[:, None], axis=1)[:, 0] - lse
   log_p = logits - lse[:, None]
   neg = jnp.sum(jnp.where(is_self | is_pos, 0.0, jnp.log1p(-jnp.exp(jnp.minimum(log_p, -1e-7)))), axis=1)
-  local = jnp.sum(log_p_pos + neg)
-  correct = jnp.sum((jnp.argmax(logits, axis=1) == pos_idx).astype(jnp.float32))
-  if axis_name is not None:
-    local, correct = jax.lax.psum(local, axis_name), jax.lax.psum(correct, axis_name)
+  local = parallel.psum(jnp.sum(log_p_pos + neg), axis_name)
+  correct = parallel.psum(jnp.sum((jnp.argmax(logits, axis=1) == pos_idx).astype(jnp.float32)), axis_name)
   return -local / (2 * n), {"contrast_acc": correct / (2 * n)}

@@ -8,18 +8,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from cl_jax import parallel
 from cl_jax.losses.contrastive import l2_normalize
 from cl_jax.losses.queue import bank_logsumexp
 
 NCE_EPS = 1e-7   # the official NCECriterion's eps
-
-
-def _gather(x: jax.Array, axis_name: str | None) -> jax.Array:
-  return x if axis_name is None else jax.lax.all_gather(x, axis_name, tiled=True)
-
-
-def _psum(x: jax.Array, axis_name: str | None) -> jax.Array:
-  return x if axis_name is None else jax.lax.psum(x, axis_name)
 
 
 def bank_dots(queries: jax.Array, bank: jax.Array, indices: jax.Array, axis_name: str | None = None,
@@ -31,8 +24,7 @@ def bank_dots(queries: jax.Array, bank: jax.Array, indices: jax.Array, axis_name
   ([B, M, D]); None takes the cheaper.
   """
   local = bank.shape[0]
-  offset = 0 if axis_name is None else jax.lax.axis_index(axis_name) * local
-  rel = indices - offset
+  rel = indices - parallel.row_offset(local, axis_name)
   owned = (rel >= 0) & (rel < local)
   rel = jnp.clip(rel, 0, local - 1)
   bank = jax.lax.stop_gradient(bank).astype(queries.dtype)
@@ -42,7 +34,7 @@ def bank_dots(queries: jax.Array, bank: jax.Array, indices: jax.Array, axis_name
     dots = jnp.take_along_axis(queries @ bank.T, rel, axis=1)
   else:
     dots = jnp.einsum("bmd,bd->bm", jnp.take(bank, rel, axis=0), queries)
-  return _psum(jnp.where(owned, dots, 0.0), axis_name)
+  return parallel.psum(jnp.where(owned, dots, 0.0), axis_name)
 
 
 def instdisc_nce(features: jax.Array, index: jax.Array, neg_index: jax.Array, bank: jax.Array, z: jax.Array,
@@ -61,8 +53,9 @@ def instdisc_nce(features: jax.Array, index: jax.Array, neg_index: jax.Array, ba
   """
   f = l2_normalize(features)
   m = neg_index.shape[1]
-  idx = _gather(jnp.concatenate([index[:, None], neg_index], axis=1).astype(jnp.int32), axis_name)
-  out = jnp.exp(bank_dots(_gather(f, axis_name), bank, idx, axis_name, dense) / temperature)   # [B, m+1]
+  idx = parallel.all_gather(jnp.concatenate([index[:, None], neg_index], axis=1).astype(jnp.int32), axis_name)
+  f_all = parallel.all_gather(f, axis_name)
+  out = jnp.exp(bank_dots(f_all, bank, idx, axis_name, dense) / temperature)              # [B, m+1]
   z = jnp.where(z > 0, z, jax.lax.stop_gradient(jnp.mean(out)) * num_data)
   p = out / z
   noise = m / num_data
@@ -81,8 +74,8 @@ def instdisc_softmax(features: jax.Array, index: jax.Array, bank: jax.Array, tem
 
   Returns (loss, {"contrast_acc": fraction of examples whose own bank row scores highest}).
   """
-  f_all = _gather(l2_normalize(features), axis_name)
-  idx = _gather(index.astype(jnp.int32), axis_name)[:, None]
+  f_all = parallel.all_gather(l2_normalize(features), axis_name)
+  idx = parallel.all_gather(index.astype(jnp.int32), axis_name)[:, None]
   pos = bank_dots(f_all, bank, idx, axis_name, dense=False)[:, 0] / temperature
   lse, top = bank_logsumexp(f_all, jax.lax.stop_gradient(bank), temperature, jnp.full_like(pos, -jnp.inf),
                             axis_name, num_data)

@@ -4,19 +4,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from cl_jax import parallel
 from cl_jax.losses.contrastive import l2_normalize
-
-
-def _gather(x: jax.Array, axis_name: str | None) -> jax.Array:
-  return x if axis_name is None else jax.lax.all_gather(x, axis_name, tiled=True)
-
-
-def _psum(x: jax.Array, axis_name: str | None) -> jax.Array:
-  return x if axis_name is None else jax.lax.psum(x, axis_name)
-
-
-def _pmax(x: jax.Array, axis_name: str | None) -> jax.Array:
-  return x if axis_name is None else jax.lax.pmax(x, axis_name)
 
 
 def bank_logsumexp(queries: jax.Array, bank: jax.Array, temperature: float, extra: jax.Array,
@@ -32,11 +21,11 @@ def bank_logsumexp(queries: jax.Array, bank: jax.Array, temperature: float, extr
   logits = queries @ bank.T.astype(queries.dtype) / temperature            # [B, R/n]
   if num_valid is not None:
     local = bank.shape[0]
-    rows = jnp.arange(local) + (0 if axis_name is None else jax.lax.axis_index(axis_name) * local)
+    rows = jnp.arange(local) + parallel.row_offset(local, axis_name)
     logits = jnp.where(rows[None, :] < num_valid, logits, -jnp.inf)
-  top = _pmax(jax.lax.stop_gradient(jnp.max(logits, axis=1)), axis_name)
+  top = parallel.pmax(jax.lax.stop_gradient(jnp.max(logits, axis=1)), axis_name)
   shift = jnp.maximum(top, jax.lax.stop_gradient(extra))
-  total = _psum(jnp.sum(jnp.exp(logits - shift[:, None]), axis=1), axis_name) + jnp.exp(extra - shift)
+  total = parallel.psum(jnp.sum(jnp.exp(logits - shift[:, None]), axis=1), axis_name) + jnp.exp(extra - shift)
   return shift + jnp.log(total), top
 
 
@@ -53,12 +42,12 @@ def queue_info_nce(q: jax.Array, k: jax.Array, queue: jax.Array, temperature: fl
   k = jax.lax.stop_gradient(l2_normalize(k))
   queue = jax.lax.stop_gradient(queue)
   pos = jnp.sum(q * k, axis=-1) / temperature                                 # [b]
-  lse, top = bank_logsumexp(_gather(q, axis_name), queue, temperature, _gather(pos, axis_name), axis_name)
+  all_q, all_pos = parallel.all_gather(q, axis_name), parallel.all_gather(pos, axis_name)
+  lse, top = bank_logsumexp(all_q, queue, temperature, all_pos, axis_name)
   b = q.shape[0]
-  if axis_name is not None:      # every device scored the whole batch; keep this device's rows
-    offset = jax.lax.axis_index(axis_name) * b
-    lse, top = jax.lax.dynamic_slice(lse, (offset,), (b,)), jax.lax.dynamic_slice(top, (offset,), (b,))
-  n = b * (1 if axis_name is None else jax.lax.axis_size(axis_name))
-  loss = _psum(jnp.sum(lse - pos), axis_name) / n
-  acc = _psum(jnp.sum((pos >= top).astype(jnp.float32)), axis_name) / n
+  offset = parallel.row_offset(b, axis_name)      # every device scored the whole batch; keep this device's rows
+  lse, top = jax.lax.dynamic_slice(lse, (offset,), (b,)), jax.lax.dynamic_slice(top, (offset,), (b,))
+  n = b * parallel.axis_size(axis_name)
+  loss = parallel.psum(jnp.sum(lse - pos), axis_name) / n
+  acc = parallel.psum(jnp.sum((pos >= top).astype(jnp.float32)), axis_name) / n
   return loss, {"contrast_acc": acc}

@@ -4,15 +4,14 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from cl_jax import parallel
 from cl_jax.losses.contrastive import l2_normalize
 
 
 def _global_mean(per_example: jax.Array, axis_name: str | None) -> jax.Array:
   """Mean over the global batch: psum of the local sums over psum of the local counts."""
-  total, count = jnp.sum(per_example), jnp.asarray(per_example.shape[0], jnp.float32)
-  if axis_name is not None:
-    total, count = jax.lax.psum(total, axis_name), jax.lax.psum(count, axis_name)
-  return total / count
+  total = parallel.psum(jnp.sum(per_example), axis_name)
+  return total / parallel.psum(jnp.asarray(per_example.shape[0], jnp.float32), axis_name)
 
 
 def cosine_similarity(p: jax.Array, z: jax.Array) -> jax.Array:

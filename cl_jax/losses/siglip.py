@@ -6,7 +6,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from cl_jax.losses.clip import global_sum
+from cl_jax import parallel
 from cl_jax.losses.contrastive import l2_normalize
 
 LOG_TEMPERATURE_INIT = math.log(10.0)   # SigLIP Sec. 3.2: t' = log 10
@@ -36,7 +36,7 @@ def siglip_loss(image_emb: jax.Array, text_emb: jax.Array, log_temperature: jax.
   if axis_name is None:
     total, n = _block_loss(img, txt, t, bias, True), img.shape[0]
   else:
-    num_devices = jax.lax.axis_size(axis_name)
+    num_devices = parallel.axis_size(axis_name)
     ring = [(d, (d + 1) % num_devices) for d in range(num_devices)]
 
     def step(carry, _):
@@ -46,5 +46,5 @@ def siglip_loss(image_emb: jax.Array, text_emb: jax.Array, log_temperature: jax.
 
     own = _block_loss(img, txt, t, bias, True)
     (_, local), _ = jax.lax.scan(step, (txt, own), None, length=num_devices - 1)
-    total, n = global_sum(local, axis_name), img.shape[0] * num_devices
+    total, n = parallel.psum(local, axis_name), img.shape[0] * num_devices
   return total / n, {"temperature": t, "bias": bias}

@@ -4,7 +4,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from cl_jax.losses.clip import gather_rows, global_sum, logit_scale
+from cl_jax import parallel
+from cl_jax.losses.clip import logit_scale
 from cl_jax.losses.contrastive import l2_normalize
 
 
@@ -21,9 +22,9 @@ def unicl_loss(image_emb: jax.Array, text_emb: jax.Array, labels: jax.Array, log
   """
   img, txt = l2_normalize(image_emb), l2_normalize(text_emb)
   scale = logit_scale(log_scale)
-  all_img, offset = gather_rows(img, axis_name)
-  all_txt, _ = gather_rows(txt, axis_name)
-  all_labels, _ = gather_rows(labels.astype(jnp.int32), axis_name)
+  all_img, all_txt = parallel.all_gather(img, axis_name), parallel.all_gather(txt, axis_name)
+  all_labels = parallel.all_gather(labels.astype(jnp.int32), axis_name)
+  offset = parallel.row_offset(img.shape[0], axis_name)
   n = all_img.shape[0]
   rows = offset + jnp.arange(img.shape[0])
   local_labels = labels.astype(jnp.int32)
@@ -33,8 +34,8 @@ def unicl_loss(image_emb: jax.Array, text_emb: jax.Array, labels: jax.Array, log
   loss, metrics = 0.0, {}
   for name, anchors, cols in (("i2t", img, all_txt), ("t2i", txt, all_img)):
     log_p = jax.nn.log_softmax(scale * anchors @ cols.T, axis=1)
-    loss += global_sum(-jnp.sum(target * log_p), axis_name) / (2 * n)
+    loss += parallel.psum(-jnp.sum(target * log_p), axis_name) / (2 * n)
     hit = jnp.take_along_axis(positive, jnp.argmax(log_p, axis=1)[:, None], axis=1)[:, 0]
-    metrics[f"{name}_acc"] = global_sum(jnp.sum(hit.astype(jnp.float32)), axis_name) / n
+    metrics[f"{name}_acc"] = parallel.psum(jnp.sum(hit.astype(jnp.float32)), axis_name) / n
   metrics["logit_scale"] = scale
   return loss, metrics

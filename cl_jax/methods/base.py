@@ -1,4 +1,30 @@
-"""The Method contract the training loop calls (see ARCHITECTURE.md, 'Contracts')."""
+"""The Method contract: the only calls the ONE training loop (cl_jax/train.py) and evaluation make into a method.
+
+A method is a file under cl_jax/methods/ registered by name in methods/__init__.py, built as
+`Method(config, run_facts)`. It imports base, common (shared pieces: view checks, BN axis, the EMA copy,
+embedding_std), language_image (the two-tower helpers), memory_bank, losses/ and models/, never another method
+file (tests/test_layout.py checks it). The loop calls, in order:
+
+  init(key, views)                        once, on the first batch's views (shapes only matter)
+  state_sharding(state)                   once, how the state is laid out over the mesh
+  loss(params, state, views, key, step)   per device inside shard_map over 'data', under jax.grad
+  after_update(params, state, step)       per device, after the optimizer update
+  encode(params, state, images)           evaluation (kNN monitor, linear probe, plots), inference mode
+
+Where state changes: queue pushes, memory-bank rows and DINO's centre are written in `loss` (they need this
+step's keys/outputs; the new state is returned beside the metrics and carries no gradient); the EMA copy of the
+online network (MoCo's key encoder, BYOL's target, DINO's teacher) is always `state["ema"] = {"params",
+"batch_stats"}` (common.ema_init) and its params move in `after_update` (common.ema_step: they need the updated
+params). Everything `loss` gathers over 'data' it gathers itself; the loop adds no pmean to the gradient.
+
+Metrics: `loss` returns scalars (the loop averages them over devices and logs them as train/<name>) plus the
+reserved key `"features"` (backbone features of the first view, [b, d]), which the loop pops, feeds to the online
+linear probe (config.online_probe) and never logs. `embedding_std` (common.embedding_std) is the collapse metric every method reports.
+
+Language-image methods (language_image.LanguageImageMethod) add `encode_text(params, state, tokens)`,
+`encode_image_embedding(params, state, images)` (both L2-normalised, in the joint space) and a `tokenizer`;
+zero-shot classification and retrieval use only those.
+"""
 from __future__ import annotations
 
 import abc

@@ -5,13 +5,11 @@ import jax
 import ml_collections
 
 from cl_jax import parallel
-from cl_jax.eval.collapse import embedding_std
 from cl_jax.losses.regression import byol_regression
 from cl_jax.methods import METHODS
 from cl_jax.schema import Field
 from cl_jax.methods.base import Method, RunFacts, Views
-from cl_jax.methods.ema import cosine_momentum, ema_update
-from cl_jax.methods.common import bn_axis, two_views
+from cl_jax.methods.common import bn_axis, cosine_momentum, ema_init, ema_step, embedding_std, momentum_field, two_views
 from cl_jax.models import build_backbone
 from cl_jax.models.encoder import Encoder
 from cl_jax.models.heads import MLP
@@ -27,12 +25,12 @@ class BYOL(Method):
   """BYOL (Grill et al. 2020, Sec. 3.1, Eq. 1-2): symmetric 2 - 2cos loss, target <- EMA of the online encoder.
 
   params = {"encoder": backbone + projector, "predictor"}; state = {"batch_stats": online BN statistics,
-  "target": {"params", "batch_stats"}} (the target network, replicated; one key so it can be sharded as a whole).
+  "ema": {"params", "batch_stats"}} (the target network, replicated; one key so it can be sharded as a whole).
   """
 
   name = "BYOL"
 
-  SCHEMA = {"base_momentum": Field(0.996, low=0, high=1), "proj_hidden": Field(4096, low=1),
+  SCHEMA = {"base_momentum": momentum_field(0.996), "proj_hidden": Field(4096, low=1),
             "proj_dim": Field(256, low=1), "pred_hidden": Field(4096, low=1)}
 
   def __init__(self, config: ml_collections.ConfigDict, run_facts: RunFacts):
@@ -40,8 +38,6 @@ class BYOL(Method):
     m = self.hp
     axis = bn_axis(config)
     self.base_momentum = float(m["base_momentum"])
-    if not 0.0 <= self.base_momentum <= 1.0:
-      raise ValueError(f"method.base_momentum={self.base_momentum} must lie in [0, 1]; BYOL uses 0.996.")
     self.encoder = Encoder(backbone=build_backbone(config.model),
                            head=byol_mlp(m["proj_hidden"], m["proj_dim"], axis))
     self.predictor = byol_mlp(m["pred_hidden"], m["proj_dim"], axis)
@@ -58,7 +54,7 @@ class BYOL(Method):
     enc_stats = enc.get("batch_stats", {})
     state = {"batch_stats": {"encoder": enc_stats, "predictor": pred.get("batch_stats", {})},
              # The target starts as a copy of the online encoder (BYOL Sec. 3.3 / official code).
-             "target": {"params": enc["params"], "batch_stats": enc_stats}}
+             "ema": ema_init(enc["params"], enc_stats)}
     return params, state
 
   def _online(self, params, stats, x):
@@ -80,21 +76,20 @@ class BYOL(Method):
     # Each view is its own forward pass (own BN batch statistics), as the official code.
     h1, z1, p1, stats = self._online(params, state["batch_stats"], crops[0])
     _, _, p2, stats = self._online(params, stats, crops[1])
-    target = state["target"]
+    target = state["ema"]
     t1, t_stats = self._target(target, crops[0])
     t2, t_stats = self._target({"params": target["params"], "batch_stats": t_stats}, crops[1])
     loss = (byol_regression(p1, t2, parallel.DATA) + byol_regression(p2, t1, parallel.DATA))
     metrics = {"embedding_std": embedding_std(z1, parallel.DATA), "features": h1,
                "ema_momentum": cosine_momentum(self.base_momentum, step, self.total_steps)}
     new_state = {"batch_stats": parallel.pmean_varying(stats),
-                 "target": {"params": target["params"], "batch_stats": parallel.pmean_varying(t_stats)}}
+                 "ema": {"params": target["params"], "batch_stats": parallel.pmean_varying(t_stats)}}
     return loss, (new_state, metrics)
 
   def after_update(self, params, state, step):
     """xi <- tau xi + (1 - tau) theta with tau cosine from base_momentum to 1 (BYOL Sec. 3.1, Eq. 1)."""
     tau = cosine_momentum(self.base_momentum, step, self.total_steps)
-    target = {**state["target"], "params": ema_update(state["target"]["params"], params["encoder"], tau)}
-    return {**state, "target": target}
+    return {**state, "ema": ema_step(state["ema"], params["encoder"], tau)}
 
   def encode(self, params, state, images):
     return self.encoder.apply({"params": params["encoder"], "batch_stats": state["batch_stats"]["encoder"]},

@@ -1,16 +1,22 @@
-"""Pieces several methods share (no method file imports another): the BN axis of the heads and the 2-view check."""
+"""Pieces several methods share (no method file imports another): BN axis, 2-view check, the EMA copy, embedding_std."""
 from __future__ import annotations
 
-import jax
-import ml_collections
+from typing import Any
 
-from cl_jax import parallel
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from cl_jax.losses.contrastive import l2_normalize
 from cl_jax.methods.base import Views
+from cl_jax.models.registry import bn_axis_name
+from cl_jax.schema import Field
 
 
 def bn_axis(config: ml_collections.ConfigDict) -> str | None:
-  """The BatchNorm reduction axis: 'data' for synchronised BN, None for per-device BN."""
-  return parallel.DATA if config.model.get("bn", "sync") == "sync" else None
+  """The heads' BatchNorm axis, the backbone's: the one declared model.bn ('data' when sync, None when local)."""
+  return bn_axis_name(config.model)
 
 
 def two_views(views: Views, name: str) -> jax.Array:
@@ -20,3 +26,44 @@ def two_views(views: Views, name: str) -> jax.Array:
     raise ValueError(f"{name} takes 2 views per image, got {crops.shape[0]}; "
                      "set --config.augment['global'].views=2.")
   return crops
+
+
+def embedding_std(z: jax.Array, axis_name: str | None = None) -> jax.Array:
+  """Collapse metric (SimSiam, Chen & He 2021, Sec. 4.1): mean per-dimension batch std of z/||z||, ~1/sqrt(d) or 0."""
+  z = l2_normalize(z)
+  mean, sq = jnp.mean(z, axis=0), jnp.mean(z * z, axis=0)
+  if axis_name is not None:
+    mean, sq = jax.lax.pmean(mean, axis_name), jax.lax.pmean(sq, axis_name)
+  return jnp.mean(jnp.sqrt(jnp.maximum(sq - mean * mean, 0.0)))
+
+
+# The EMA copy of the online network (MoCo's key encoder, BYOL's target, MoCo v3's momentum encoder, DINO's
+# teacher) lives in method state under one key, "ema", laid out as Flax variables so it applies directly:
+# state["ema"] = {"params": ..., "batch_stats": ...}. Its params move in after_update (ema_step); its BN
+# statistics come from its own train-mode forward in loss.
+
+
+def momentum_field(default: float) -> Field:
+  """The schema field of an EMA momentum: a float in [0, 1] (checked at start-up with the method's schema)."""
+  return Field(default, low=0, high=1)
+
+
+def ema_init(params: Any, batch_stats: Any) -> dict[str, Any]:
+  """The EMA copy at step 0: a copy of the online network's params and BN statistics (as the official codes)."""
+  return {"params": jax.tree.map(jnp.copy, params), "batch_stats": jax.tree.map(jnp.copy, batch_stats)}
+
+
+def cosine_momentum(base: float, step: jax.Array, total_steps: int, final: float = 1.0) -> jax.Array:
+  """tau_k = 1 - (1 - tau_base) (cos(pi k / K) + 1) / 2, increasing from `base` to `final` (BYOL Sec. 3.1)."""
+  t = jnp.clip(jnp.asarray(step, jnp.float32) / max(int(total_steps), 1), 0.0, 1.0)
+  return final - (final - base) * (jnp.cos(jnp.pi * t) + 1.0) / 2.0
+
+
+def ema_update(target: Any, online: Any, momentum: jax.Array | float) -> Any:
+  """target <- momentum * target + (1 - momentum) * online, leaf by leaf (MoCo Eq. 2, BYOL Eq. 1): the one EMA."""
+  return optax.incremental_update(online, target, step_size=1.0 - momentum)
+
+
+def ema_step(ema: dict[str, Any], online_params: Any, momentum: jax.Array | float) -> dict[str, Any]:
+  """The EMA copy after an optimizer update: its params move towards `online_params`, its BN statistics stay."""
+  return {**ema, "params": ema_update(ema["params"], online_params, momentum)}

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from cl_jax import parallel
-from cl_jax.eval.collapse import embedding_std
+from cl_jax.methods.common import embedding_std
 from cl_jax.losses.contrastive import l2_normalize
 from cl_jax.losses.nce import instdisc_nce, instdisc_softmax
 from cl_jax.methods import METHODS, memory_bank

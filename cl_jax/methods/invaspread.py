@@ -5,7 +5,7 @@ import jax
 import ml_collections
 
 from cl_jax import parallel
-from cl_jax.eval.collapse import embedding_std
+from cl_jax.methods.common import embedding_std
 from cl_jax.losses.invaspread import invaspread_loss
 from cl_jax.methods import METHODS
 from cl_jax.schema import Field

@@ -18,23 +18,6 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from cl_jax import parallel
 
 
-def axis_size(axis_name: str | None) -> int:
-  """Number of devices along `axis_name` (1 when None)."""
-  return 1 if axis_name is None else jax.lax.axis_size(axis_name)
-
-
-def all_gather(x: jax.Array, axis_name: str | None) -> jax.Array:
-  """All rows of `x` over the axis, in device order (identity on one device)."""
-  return x if axis_name is None else jax.lax.all_gather(x, axis_name, tiled=True)
-
-
-def row_offset(local_rows: int, axis_name: str | None) -> jax.Array:
-  """Global index of this device's first row of a row-sharded array."""
-  if axis_name is None:
-    return jnp.zeros((), jnp.int32)
-  return jax.lax.axis_index(axis_name) * local_rows
-
-
 def check_rows(name: str, rows: int, num_devices: int, fix: str) -> None:
   """Fails in one line when a bank of `rows` cannot be split evenly over the devices."""
   if rows % num_devices:
@@ -50,11 +33,11 @@ def enqueue(queue: jax.Array, ptr: jax.Array, keys: jax.Array,
   writes the rows of its slice that the pointer covers; returns (new local slice, (ptr + B) % K).
   """
   local, b = queue.shape[0], keys.shape[0]
-  total = local * axis_size(axis_name)
+  total = local * parallel.axis_size(axis_name)
   if total % b:
     raise ValueError(f"MoCo queue_size {total} is not divisible by the global batch {b}; "
                      "set method.queue_size to a multiple of the batch.")
-  rel = row_offset(local, axis_name) + jnp.arange(local) - ptr       # position of each owned row in the batch
+  rel = parallel.row_offset(local, axis_name) + jnp.arange(local) - ptr   # position of each owned row in the batch
   hit = (rel >= 0) & (rel < b)
   rows = jnp.take(keys.astype(queue.dtype), jnp.clip(rel, 0, b - 1), axis=0)
   return jnp.where(hit[:, None], rows, queue), (ptr + b) % total
@@ -63,7 +46,7 @@ def enqueue(queue: jax.Array, ptr: jax.Array, keys: jax.Array,
 def local_rows(bank: jax.Array, indices: jax.Array, axis_name: str | None = None) -> tuple[jax.Array, jax.Array]:
   """Rows of a row-sharded bank at GLOBAL `indices` that this device owns (zeros elsewhere), and the owned mask."""
   local = bank.shape[0]
-  rel = indices - row_offset(local, axis_name)
+  rel = indices - parallel.row_offset(local, axis_name)
   owned = (rel >= 0) & (rel < local)
   rows = jnp.take(bank, jnp.clip(rel, 0, local - 1), axis=0)
   return jnp.where(owned[..., None], rows, 0.0), owned
@@ -73,7 +56,7 @@ def scatter_rows(bank: jax.Array, indices: jax.Array, rows: jax.Array,
                  axis_name: str | None = None) -> jax.Array:
   """bank[indices] <- rows for the GLOBAL `indices` [B] this device owns; `rows` [B, D] are the global batch's."""
   local = bank.shape[0]
-  rel = indices - row_offset(local, axis_name)
+  rel = indices - parallel.row_offset(local, axis_name)
   owned = (rel >= 0) & (rel < local)
   target = jnp.where(owned, rel, local)                  # out of range -> dropped
   return bank.at[target].set(rows.astype(bank.dtype), mode="drop")

@@ -6,12 +6,12 @@ import jax.numpy as jnp
 import ml_collections
 
 from cl_jax import parallel
-from cl_jax.eval.collapse import embedding_std
 from cl_jax.losses.contrastive import l2_normalize
 from cl_jax.losses.queue import queue_info_nce
-from cl_jax.methods import METHODS, ema, memory_bank
+from cl_jax.methods import METHODS, memory_bank
 from cl_jax.schema import Field
 from cl_jax.methods.base import Method, RunFacts, Views
+from cl_jax.methods.common import ema_init, ema_step, embedding_std, momentum_field
 from cl_jax.methods.shuffle_bn import shuffled_apply
 from cl_jax.models import build_backbone
 from cl_jax.models.encoder import Encoder
@@ -22,11 +22,15 @@ _QUEUE_KEYS = ("queue",)
 
 class _MoCo(Method):
   """MoCo (He et al. 2020, Alg. 1): query encoder f_q trained by InfoNCE against keys from a momentum encoder f_k
-  (theta_k <- m theta_k + (1 - m) theta_q after each update) and a FIFO queue of the last K keys."""
+  (theta_k <- m theta_k + (1 - m) theta_q after each update) and a FIFO queue of the last K keys.
+
+  state = {"batch_stats": query BN statistics, "ema": {"params", "batch_stats"} (the key encoder f_k), "queue",
+  "ptr"}.
+  """
 
   version: int = 1
 
-  SCHEMA = {"temperature": Field(0.07, low=0, open_low=True), "momentum": Field(0.999, low=0, high=1),
+  SCHEMA = {"temperature": Field(0.07, low=0, open_low=True), "momentum": momentum_field(0.999),
             "queue_size": Field(65536, low=1), "proj_dim": Field(128, low=1), "proj_hidden": Field(2048, low=1),
             "shuffle_bn": Field(True, choices=(True, False)), "bn_splits": Field(1, low=1)}
 
@@ -39,8 +43,6 @@ class _MoCo(Method):
     self.dim = int(m["proj_dim"])
     self.shuffle_bn = bool(m["shuffle_bn"])
     self.bn_splits = int(m["bn_splits"])
-    if not 0.0 <= self.momentum <= 1.0:
-      raise ValueError(f"MoCo momentum {self.momentum} must lie in [0, 1]; set method.momentum (paper: 0.999).")
     if self.version == 1:
       head = MLP((), self.dim)                                    # v1: linear fc to 128-d (Sec. 3.3)
     else:
@@ -53,8 +55,7 @@ class _MoCo(Method):
     params, stats = variables["params"], variables.get("batch_stats", {})
     # The queue starts as random unit keys (official: randn normalised per key), rows = keys.
     queue = l2_normalize(jax.random.normal(qkey, (self.queue_size, self.dim), jnp.float32))
-    return params, {"batch_stats": stats, "key_params": jax.tree.map(jnp.copy, params),
-                    "key_batch_stats": jax.tree.map(jnp.copy, stats), "queue": queue,
+    return params, {"batch_stats": stats, "ema": ema_init(params, stats), "queue": queue,
                     "ptr": jnp.zeros((), jnp.int32)}
 
   def state_sharding(self, state):
@@ -73,7 +74,7 @@ class _MoCo(Method):
       raise ValueError(f"MoCo queue_size {self.queue_size} is not divisible by the global batch {global_batch}; "
                        "set method.queue_size to a multiple of the batch.")
     (h, q), stats = self._split_apply({"params": params, "batch_stats": state["batch_stats"]}, crops[0])
-    key_vars = {"params": state["key_params"], "batch_stats": state["key_batch_stats"]}
+    key_vars = state["ema"]
 
     def key_encoder(x):
       (_, k), k_stats = self._split_apply(key_vars, x)
@@ -89,7 +90,8 @@ class _MoCo(Method):
     metrics["embedding_std"] = embedding_std(q, axis)
     metrics["features"] = h
     new_state = {**state, "batch_stats": parallel.pmean_varying(stats),
-                 "key_batch_stats": parallel.pmean_varying(jax.lax.stop_gradient(key_stats)),
+                 "ema": {"params": key_vars["params"],
+                         "batch_stats": parallel.pmean_varying(jax.lax.stop_gradient(key_stats))},
                  "queue": queue, "ptr": ptr}
     return loss, (new_state, metrics)
 
@@ -111,7 +113,7 @@ class _MoCo(Method):
   def after_update(self, params, state, step):
     """theta_k <- m theta_k + (1 - m) theta_q (Eq. 2), after the query encoder's update as in Alg. 1."""
     del step
-    return {**state, "key_params": ema.ema_update(state["key_params"], params, self.momentum)}
+    return {**state, "ema": ema_step(state["ema"], params, self.momentum)}
 
   def encode(self, params, state, images):
     return self.model.apply({"params": params, "batch_stats": state["batch_stats"]}, images, train=False,

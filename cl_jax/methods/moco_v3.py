@@ -11,15 +11,14 @@ import ml_collections
 from flax import linen as nn
 
 from cl_jax import parallel
-from cl_jax.eval.collapse import embedding_std
 from cl_jax.losses.infonce import moco_v3_ctr
 from cl_jax.methods import METHODS
 from cl_jax.schema import Field
 from cl_jax.methods.base import Method, RunFacts, Views
-from cl_jax.methods.ema import cosine_momentum, ema_update
-from cl_jax.methods.common import bn_axis, two_views
+from cl_jax.methods.common import bn_axis, cosine_momentum, ema_init, ema_step, embedding_std, momentum_field, two_views
 from cl_jax.models import build_backbone
 from cl_jax.models.encoder import Encoder
+from cl_jax.models.registry import model_section
 
 
 class MoCoV3MLP(nn.Module):
@@ -50,11 +49,11 @@ class MoCoV3(Method):
   encoder (backbone + projector) with momentum cosine from `base_momentum` (0.99) to 1.
 
   params = {"encoder": backbone + projector, "predictor"}; state = {"batch_stats": query-side BN statistics,
-  "target": {"params", "batch_stats"}} (the momentum encoder, replicated; one key so it can be sharded as a whole).
+  "ema": {"params", "batch_stats"}} (the momentum encoder, replicated; one key so it can be sharded as a whole).
   Official defaults: ViT projector 3 layers, predictor with output BN; ResNet projector 2 layers, predictor without.
   """
 
-  SCHEMA = {"temperature": Field(1.0, low=0, open_low=True), "base_momentum": Field(0.99, low=0, high=1),
+  SCHEMA = {"temperature": Field(1.0, low=0, open_low=True), "base_momentum": momentum_field(0.99),
             "dim": Field(256, low=1), "mlp_dim": Field(4096, low=1), "proj_layers": Field(3, low=1),
             "pred_last_bn": Field(True, choices=(True, False))}
 
@@ -66,10 +65,9 @@ class MoCoV3(Method):
     self.base_momentum = float(m["base_momentum"])
     if self.temperature <= 0:
       raise ValueError(f"method.temperature={self.temperature} must be > 0; MoCo v3 uses 0.2 (ViT) or 1.0 (ResNet).")
-    if not 0.0 <= self.base_momentum <= 1.0:
-      raise ValueError(f"method.base_momentum={self.base_momentum} must lie in [0, 1]; MoCo v3 uses 0.99.")
     frozen = tuple(config.optim.get("frozen", None) or ())
-    if config.model.get("frozen_patch_embed", False) and not any("patch_embed" in f for f in frozen):
+    vit_frozen = model_section(config.model).get("frozen_patch_embed", False)   # a ViT field
+    if vit_frozen and not any("patch_embed" in f for f in frozen):
       raise ValueError("model.frozen_patch_embed stops the patch projection's gradient but weight decay would still "
                        "shrink it; also set optim.frozen=('patch_embed',).")
     hidden, dim, layers = m["mlp_dim"], m["dim"], m["proj_layers"]
@@ -91,7 +89,7 @@ class MoCoV3(Method):
     enc_stats = enc.get("batch_stats", {})
     state = {"batch_stats": {"encoder": enc_stats, "predictor": pred.get("batch_stats", {})},
              # The momentum encoder starts as a copy of the query encoder (official code).
-             "target": {"params": enc["params"], "batch_stats": enc_stats}}
+             "ema": ema_init(enc["params"], enc_stats)}
     return params, state
 
   def _query(self, params, stats, x):
@@ -117,7 +115,7 @@ class MoCoV3(Method):
     crops = two_views(views, "MoCo v3")
     h1, z1, q1, stats = self._query(params, state["batch_stats"], crops[0])
     _, _, q2, stats = self._query(params, stats, crops[1])
-    target = state["target"]
+    target = state["ema"]
     k1, t_stats = self._key(target, crops[0])
     k2, t_stats = self._key({"params": target["params"], "batch_stats": t_stats}, crops[1])
     l1, m1 = moco_v3_ctr(q1, k2, self.temperature, parallel.DATA)
@@ -125,14 +123,12 @@ class MoCoV3(Method):
     metrics = {"embedding_std": embedding_std(z1, parallel.DATA), "features": h1,
                "contrast_acc": (m1["contrast_acc"] + m2["contrast_acc"]) / 2, "ema_momentum": self._momentum(step)}
     new_state = {"batch_stats": parallel.pmean_varying(stats),
-                 "target": {"params": target["params"], "batch_stats": parallel.pmean_varying(t_stats)}}
+                 "ema": {"params": target["params"], "batch_stats": parallel.pmean_varying(t_stats)}}
     return l1 + l2, (new_state, metrics)
 
   def after_update(self, params, state, step):
     """Momentum encoder <- m * momentum encoder + (1 - m) * query encoder (Alg. 1), m on a cosine to 1."""
-    target = {**state["target"],
-              "params": ema_update(state["target"]["params"], params["encoder"], self._momentum(step))}
-    return {**state, "target": target}
+    return {**state, "ema": ema_step(state["ema"], params["encoder"], self._momentum(step))}
 
   def encode(self, params, state, images):
     return self.encoder.apply({"params": params["encoder"], "batch_stats": state["batch_stats"]["encoder"]},

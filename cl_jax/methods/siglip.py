@@ -8,15 +8,15 @@ from cl_jax import parallel
 from cl_jax.losses.siglip import BIAS_INIT, LOG_TEMPERATURE_INIT, siglip_loss
 from cl_jax.methods import METHODS
 from cl_jax.schema import Field
-from cl_jax.methods.clip import CLIP
+from cl_jax.methods.language_image import LanguageImageMethod
 
 
 @METHODS.register("siglip")
-class SigLIP(CLIP):
-  """SigLIP (Zhai et al. 2023, Alg. 1, Sec. 3.2-3.3): sigmoid loss over all image-text pairs with a learnable
-  temperature t' (init log 10) and bias b (init -10); across devices the texts rotate around the ring."""
+class SigLIP(LanguageImageMethod):
+  """SigLIP (Zhai et al. 2023, Eq. 1, Alg. 1, Sec. 3.2-3.3): sigmoid loss over all image-text pairs with a
+  learnable temperature t' (init log 10) and bias b (init -10); across devices the texts rotate around the ring."""
 
-  SCHEMA = {**CLIP.SCHEMA, "log_temperature_init": Field(LOG_TEMPERATURE_INIT),
+  SCHEMA = {**LanguageImageMethod.SCHEMA, "log_temperature_init": Field(LOG_TEMPERATURE_INIT),
             "bias_init": Field(BIAS_INIT)}
 
   def loss_params(self) -> dict[str, jax.Array]:

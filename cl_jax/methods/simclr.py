@@ -5,11 +5,10 @@ import jax
 import ml_collections
 
 from cl_jax import parallel
-from cl_jax.eval.collapse import embedding_std
 from cl_jax.losses.contrastive import nt_xent
 from cl_jax.methods import METHODS
 from cl_jax.schema import Field
-from cl_jax.methods.common import bn_axis, two_views
+from cl_jax.methods.common import bn_axis, embedding_std, two_views
 from cl_jax.methods.base import Method, RunFacts, Views
 from cl_jax.models import build_backbone
 from cl_jax.models.encoder import Encoder

@@ -8,7 +8,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from cl_jax.models.registry import BACKBONES, parse_bn, parse_dtype
+from cl_jax.models.registry import parse_bn, parse_dtype, register
+from cl_jax.schema import Field
 from cl_jax.models.vit import interpolate_posemb
 
 _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -115,12 +116,14 @@ _ARCHS = {
 }
 
 
-def clip_resnet_from_config(cfg: Any, arch: str) -> ModifiedResNet:
-  """Builds `arch` from optional cfg fields heads, output_dim, bn ('sync' | 'local'), dtype."""
-  return ModifiedResNet(**_ARCHS[arch], heads=cfg.get("heads", None), output_dim=cfg.get("output_dim", None),
-                        bn_axis_name=parse_bn(cfg.get("bn", "local")),
-                        dtype=parse_dtype(cfg.get("dtype", "float32")), arch=arch)
+SCHEMA = {"heads": Field(None), "output_dim": Field(None)}   # None: CLIP's width * 32 // 64 heads, the pooled width
+
+
+def clip_resnet_from_config(hp: dict[str, Any], arch: str) -> ModifiedResNet:
+  """Builds `arch` from the validated model fields (SCHEMA and registry.SHARED)."""
+  return ModifiedResNet(**_ARCHS[arch], heads=hp["heads"], output_dim=hp["output_dim"],
+                        bn_axis_name=parse_bn(hp["bn"]), dtype=parse_dtype(hp["dtype"]), arch=arch)
 
 
 for _name in _ARCHS:
-  BACKBONES.register(_name)(functools.partial(clip_resnet_from_config, arch=_name))
+  register(_name, SCHEMA)(functools.partial(clip_resnet_from_config, arch=_name))

@@ -8,7 +8,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from cl_jax.models.registry import BACKBONES, parse_bn, parse_dtype
+from cl_jax.models.registry import parse_bn, parse_dtype, register
+from cl_jax.schema import Field
 
 STEMS = ("imagenet", "cifar", "small")
 # torchvision / Goyal et al. conv init: He normal with fan_out.
@@ -128,19 +129,15 @@ _ARCHS = {
 }
 
 
-def resnet_from_config(cfg: Any, arch: str) -> ResNet:
-  """Builds ResNet `arch` from optional cfg fields width, stem, bn, dtype, zero_init_last_bn."""
-  width = float(cfg.get("width", 1.0))
-  if width <= 0:
-    raise ValueError(f"width must be > 0 for {arch}, got {width}; use e.g. 0.25, 1 or 2.")
-  stem = cfg.get("stem", "imagenet")
-  if stem not in STEMS:
-    raise ValueError(f"Unknown stem '{stem}' for {arch}; use one of: {', '.join(STEMS)}.")
-  return ResNet(**_ARCHS[arch], width=width, stem=stem,
-                bn_axis_name=parse_bn(cfg.get("bn", "local")),
-                dtype=parse_dtype(cfg.get("dtype", "float32")),
-                zero_init_last_bn=bool(cfg.get("zero_init_last_bn", True)), arch=arch)
+SCHEMA = {"width": Field(1.0, low=0, open_low=True), "stem": Field("imagenet", choices=STEMS),
+          "zero_init_last_bn": Field(True, choices=(True, False))}
+
+
+def resnet_from_config(hp: dict[str, Any], arch: str) -> ResNet:
+  """Builds ResNet `arch` from the validated model fields (SCHEMA and registry.SHARED)."""
+  return ResNet(**_ARCHS[arch], width=float(hp["width"]), stem=hp["stem"], bn_axis_name=parse_bn(hp["bn"]),
+                dtype=parse_dtype(hp["dtype"]), zero_init_last_bn=bool(hp["zero_init_last_bn"]), arch=arch)
 
 
 for _name in _ARCHS:
-  BACKBONES.register(_name)(functools.partial(resnet_from_config, arch=_name))
+  register(_name, SCHEMA)(functools.partial(resnet_from_config, arch=_name))

@@ -8,7 +8,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from cl_jax.models.registry import parse_dtype
+from cl_jax.models.registry import DTYPES, parse_dtype
+from cl_jax.schema import Field, validate
 
 ACTIVATIONS = {"quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x), "gelu": functools.partial(nn.gelu,
                                                                                                 approximate=False)}
@@ -88,18 +89,21 @@ class TextTransformer(nn.Module):
     return pooled
 
 
+TEXT_SCHEMA = {"width": Field(512, low=1), "depth": Field(12, low=1), "heads": Field(8, low=1),
+               "mlp_ratio": Field(4, low=1), "act": Field("quick_gelu", choices=tuple(ACTIVATIONS)),
+               "dtype": Field("float32", choices=tuple(DTYPES)), "vocab_size": Field(None),
+               "context_length": Field(None)}   # None: the tokenizer's
+
+
 def build_text_model(cfg: Any, vocab_size: int, context_length: int, embed_dim: int) -> TextTransformer:
-  """A TextTransformer from config fields width (512), depth (12), heads (8), mlp_ratio (4), act ('quick_gelu' |
-  'gelu'), dtype; vocab_size / context_length default to the tokenizer's (a larger config value is allowed)."""
-  act = cfg.get("act", "quick_gelu")
-  if act not in ACTIVATIONS:
-    raise ValueError(f"Unknown text_model.act '{act}'; use one of: {', '.join(ACTIVATIONS)}.")
-  vocab = int(cfg.get("vocab_size", None) or vocab_size)
+  """A TextTransformer from the validated config.text_model (TEXT_SCHEMA); vocab_size / context_length default to
+  the tokenizer's (a larger config value is allowed)."""
+  hp = validate("text_model", cfg, TEXT_SCHEMA, ignore=())
+  vocab = int(hp["vocab_size"] or vocab_size)
   if vocab < vocab_size:
     raise ValueError(f"text_model.vocab_size {vocab} is smaller than the tokenizer's {vocab_size}; "
                      "unset it (it defaults to the tokenizer's).")
-  return TextTransformer(vocab_size=vocab, context_length=int(cfg.get("context_length", None) or context_length),
-                         width=int(cfg.get("width", 512)), depth=int(cfg.get("depth", 12)),
-                         num_heads=int(cfg.get("heads", 8)), embed_dim=int(embed_dim),
-                         mlp_ratio=int(cfg.get("mlp_ratio", 4)), act=act,
-                         dtype=parse_dtype(cfg.get("dtype", "float32")))
+  return TextTransformer(vocab_size=vocab, context_length=int(hp["context_length"] or context_length),
+                         width=int(hp["width"]), depth=int(hp["depth"]), num_heads=int(hp["heads"]),
+                         embed_dim=int(embed_dim), mlp_ratio=int(hp["mlp_ratio"]), act=hp["act"],
+                         dtype=parse_dtype(hp["dtype"]))

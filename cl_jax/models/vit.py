@@ -8,7 +8,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from cl_jax.models.registry import BACKBONES, parse_dtype
+from cl_jax.models.registry import parse_dtype, register
+from cl_jax.schema import Field
 
 _dense_init = nn.initializers.xavier_uniform()
 _embed_init = nn.initializers.truncated_normal(0.02)
@@ -166,19 +167,15 @@ _ARCHS = {
 }
 
 
-def vit_from_config(cfg: Any, arch: str) -> ViT:
-  """Builds ViT `arch` from optional cfg fields patch_size (16), frozen_patch_embed, posemb (learn | sincos2d),
-  dtype."""
-  patch_size = int(cfg.get("patch_size", 16))
-  if patch_size <= 0:
-    raise ValueError(f"patch_size must be > 0 for {arch}, got {patch_size}; use e.g. 16 or 8.")
-  posemb = cfg.get("posemb", "learn")
-  if posemb not in POSEMBS:
-    raise ValueError(f"Unknown posemb '{posemb}' for {arch}; use one of: {', '.join(POSEMBS)}.")
-  return ViT(**_ARCHS[arch], patch_size=patch_size,
-             frozen_patch_embed=bool(cfg.get("frozen_patch_embed", False)), posemb=posemb,
-             dtype=parse_dtype(cfg.get("dtype", "float32")), arch=arch)
+SCHEMA = {"patch_size": Field(16, low=1), "frozen_patch_embed": Field(False, choices=(True, False)),
+          "posemb": Field("learn", choices=POSEMBS)}
+
+
+def vit_from_config(hp: dict[str, Any], arch: str) -> ViT:
+  """Builds ViT `arch` from the validated model fields (SCHEMA and registry.SHARED; bn is its heads')."""
+  return ViT(**_ARCHS[arch], patch_size=int(hp["patch_size"]), frozen_patch_embed=bool(hp["frozen_patch_embed"]),
+             posemb=hp["posemb"], dtype=parse_dtype(hp["dtype"]), arch=arch)
 
 
 for _name in _ARCHS:
-  BACKBONES.register(_name)(functools.partial(vit_from_config, arch=_name))
+  register(_name, SCHEMA)(functools.partial(vit_from_config, arch=_name))

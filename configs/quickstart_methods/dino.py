@@ -28,8 +28,8 @@ def apply(c: ml_collections.ConfigDict) -> None:
                   warmup_teacher_temp_epochs=0, center_momentum=0.9)
   common = dict(size=32, jitter_strength=0.5, grayscale_p=0.2)
   c.augment = ml_collections.ConfigDict({
-      "global": group(views=2, scale=(0.5, 1.0), blur_p=(1.0, 0.1), solarize_p=(0.0, 0.2), **common),
-      "local": group(views=2, scale=(0.25, 0.6), blur_p=(0.5,), **common),
+      "global": group(views=2, scale=(0.5, 1.0), blur_p=(1.0, 0.1), solarize_p=(0.0, 0.2), role="global", **common),
+      "local": group(views=2, scale=(0.25, 0.6), blur_p=(0.5,), role="local", **common),
   })
   c.batch_size = 128
   steps_per_epoch = c.data.num_train // c.batch_size

@@ -1,0 +1,108 @@
+"""Declared model, optim and data sections: typos and impossible values are one line, declared knobs are settable
+from the command line, and model.bn has one default for backbone and heads."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from flax import linen as nn
+from PIL import Image
+
+from cl_jax import train
+from configs import quickstart
+from tests.test_contract import ROOT
+from tests.test_contract import test_cli_bad_input_is_one_line_and_exit_2 as assert_cli_one_line_error
+from tests.tiny_runs import build_method
+
+
+def _quickstart(method="simclr"):
+  return quickstart.get_config(f"method={method},runlocal")
+
+
+@pytest.mark.parametrize("section,key,value,expected", [
+    ("model", "depht", 50, r"^model.depht: unknown; known: bn, dtype, stem, width, zero_init_last_bn\.$"),
+    ("optim", "warmup_epoch", 1, r"^optim.warmup_epoch: unknown; did you mean warmup_epochs\? known: "),
+    ("data", "on_bad_imag", "fail", r"^data.on_bad_imag: unknown; did you mean on_bad_image\? known: "),
+])
+def test_build_run_names_a_typo_and_the_nearest_field(section, key, value, expected):
+  c = _quickstart()
+  with c.unlocked():
+    c[section][key] = value
+  with pytest.raises(ValueError, match=expected) as e:
+    train.build_run(c)
+  assert "\n" not in str(e.value)
+
+
+def test_build_run_rejects_a_knob_the_chosen_component_does_not_read():
+  c = _quickstart()
+  c.optim.momentum = 0.0   # quickstart trains with adamw
+  with pytest.raises(ValueError, match=r"^optim.momentum=0.0: adamw does not read it \(only lars, sgd do\)"):
+    train.build_run(c)
+  c = _quickstart()
+  c.data.on_bad_image = "fail"   # shapes is rendered, never decoded
+  with pytest.raises(ValueError, match=r"^data.on_bad_image='fail': shapes does not read it \(only captions, "):
+    train.build_run(c)
+
+
+_BAD_CLI = [
+    (["--config=configs/quickstart.py:runlocal", "--config.model.depht=50"], "config.model.depht: unknown;"),
+    (["--config=configs/quickstart.py:runlocal", "--config.optim.momentun=0.0"],
+     "config.optim.momentun: unknown; did you mean momentum?"),
+    (["--config=configs/quickstart.py:runlocal", "--config.data.on_bad_imag=fail"],
+     "config.data.on_bad_imag: unknown; did you mean on_bad_image?"),
+    (["--config=configs/quickstart.py:runlocal", "--config.model.width=0"], "model.width=0.0: must be > 0."),
+    (["--config=configs/quickstart.py:runlocal", "--config.optim.momentum=0.0"],
+     "optim.momentum=0.0: adamw does not read it (only lars, sgd do)"),
+]
+
+
+@pytest.mark.parametrize("args,expected", _BAD_CLI, ids=[a[-1] for a, _ in _BAD_CLI])
+def test_cli_section_errors_are_one_line(tmp_path, args, expected):
+  assert_cli_one_line_error(tmp_path, args, expected)
+
+
+def _build_through_cli(tmp_path, *args):
+  """Parses the real command line and builds the run (no training); returns stdout: the validated sections."""
+  code = ("import sys; from absl import flags; from cl_jax import main, optim, train; "
+          "from cl_jax.data import sources; main.parse_flags(sys.argv); c = flags.FLAGS.config; train.build_run(c); "
+          "print(optim.optim_section(c.optim)); print(sources.data_section(c.data, c.dataset))")
+  env = {k: v for k, v in os.environ.items() if k != "CL_JAX_DEBUG"}
+  out = subprocess.run([sys.executable, "-c", code, *args, f"--workdir={tmp_path / 'run'}"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300, env=env)
+  assert out.returncode == 0, out.stderr[-2000:]
+  return out.stdout
+
+
+def test_cli_sets_the_declared_momentum(tmp_path):
+  out = _build_through_cli(tmp_path, "--config=configs/quickstart.py:runlocal", "--config.optim.name=sgd",
+                           "--config.optim.momentum=0.0")
+  assert "'momentum': 0.0" in out and "'name': 'sgd'" in out
+
+
+def test_cli_sets_the_declared_on_bad_image(tmp_path):
+  for label in range(2):
+    os.makedirs(tmp_path / "images" / f"class{label}")
+    for i in range(40):
+      image = Image.fromarray(np.full((8, 8, 3), 60 * label + i, np.uint8))
+      image.save(tmp_path / "images" / f"class{label}" / f"{i}.png")
+  out = _build_through_cli(tmp_path, "--config=configs/quickstart.py:runlocal", "--config.batch_size=16",
+                           f"--config.dataset=folder:{tmp_path / 'images'}", "--config.data.on_bad_image=fail")
+  assert "'on_bad_image': 'fail'" in out
+
+
+def _bn_axes(config):
+  """The backbone's BatchNorm axis and the set of the heads' (projector, predictor) axes."""
+  modules = [m for m in vars(build_method(config, num_devices=1)).values() if isinstance(m, nn.Module)]
+  (encoder,) = [m for m in modules if hasattr(m, "backbone")]
+  heads = [encoder.head] + [m for m in modules if hasattr(m, "bn_axis_name")]   # projector, predictor
+  return encoder.backbone.bn_axis_name, {h.bn_axis_name for h in heads}
+
+
+@pytest.mark.parametrize("method", ["simclr", "byol", "dino"])
+def test_bn_unset_gives_backbone_and_heads_one_axis(method):
+  c = _quickstart(method)
+  c.model = {k: v for k, v in c.model.items() if k != "bn"}
+  assert _bn_axes(c) == ("data", {"data"})   # one default, sync (SimCLR's global BN)
+  c.model.bn = "local"
+  assert _bn_axes(c) == (None, {None})
