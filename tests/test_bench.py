@@ -2,31 +2,24 @@
 hand-computed values, and the CLI's JSON lines. Nothing here asserts on wall-clock time."""
 import json
 import math
-import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import pytest
 
 from cl_jax import bench
-from configs import quickstart
+from tests import harness
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMON = {"what": str, "devices": int, "batch": int, "step_ms": float, "images_per_sec": float,
           "compile_s": float, "peak_bytes": int, "flops": float, "flops_per_sec": float,
           "gemm_peak_flops_per_sec": float, "ratio_to_gemm_peak": float}
 
 
 def tiny_config():
-  """quickstart:runlocal shrunk to a 2-block ViT on 16 px images (fast to compile), batch 16 on 8 devices."""
-  c = quickstart.get_config("runlocal")
-  c.model = dict(name="vit_micro", patch_size=8, dtype="float32")
-  c.data.image_size, c.data.num_train, c.data.num_test = 16, 32, 16
-  c.augment["global"].size = 16
-  c.batch_size = 16
-  return c
+  """The tiny config on a 2-block ViT and 16 px images (fast to compile), batch 16 on 8 devices."""
+  return harness.tiny_config(**{"model": dict(name="vit_micro", patch_size=8, dtype="float32"), "data.image_size": 16,
+                                "data.num_train": 32, "data.num_test": 16, "augment.global.size": 16,
+                                "batch_size": 16})
 
 
 @pytest.fixture(scope="module")
@@ -168,9 +161,9 @@ def test_measure_rejects_unknown_what():
 
 
 def test_cli_prints_one_json_object_per_line():
-  out = subprocess.run(
-      [sys.executable, "-m", "cl_jax.bench", "--config=configs/quickstart.py:runlocal", "--what=loss",
-       "--repeats=2", "--gemm_size=64"], cwd=REPO, capture_output=True, text=True, timeout=300, check=True)
+  out = harness.run_python("-m", "cl_jax.bench", "--config=configs/quickstart.py:runlocal", "--what=loss",
+                           "--repeats=2", "--gemm_size=64")
+  assert out.returncode == 0, out.stderr[-2000:]
   rows = [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
   assert [r["what"] for r in rows] == ["loss"]
   assert rows[0]["flops"] > 0 and rows[0]["ratio_to_gemm_peak"] > 0

@@ -9,7 +9,9 @@ from jax.sharding import PartitionSpec as P
 
 from cl_jax import parallel
 from cl_jax.losses.regression import byol_regression
-from siamese_checks import SGD_LR, assert_trees_close, init_method, method_step, tiny_method_config, tiny_run
+from tests.harness import assert_trees_close, init_method, method_step, tiny_method_config, tiny_run
+
+SGD_LR = 0.1
 
 
 def byol_reference(p: np.ndarray, z: np.ndarray) -> float:
@@ -57,26 +59,25 @@ def test_loss_eight_devices_equal_one_device_value_and_gradient(pz):
 def steps():
   config = tiny_method_config("byol")
   method, params, state, crops = init_method(config, total_steps=10)
-  return (config, params, state, method_step(method, params, state, crops, 3, 8),
-          method_step(method, params, state, crops, 3, 1))
+  step = lambda n: method_step(method, params, state, {"crops": (crops,)}, n, step=3, sgd_lr=SGD_LR)
+  return config, params, state, step(8), step(1)
 
 
 def test_method_step_eight_devices_equal_one_device(steps):
   _, _, _, out8, out1 = steps
-  loss8, grads8, state8, after8, metrics8 = out8
-  loss1, grads1, state1, after1, metrics1 = out1
-  np.testing.assert_allclose(loss8, loss1, rtol=1e-5)
-  assert 0.0 < float(loss1) < 8.0   # two terms of 2 - 2cos, each in [0, 4]
+  np.testing.assert_allclose(out8.loss, out1.loss, rtol=1e-5)
+  assert 0.0 < float(out1.loss) < 8.0   # two terms of 2 - 2cos, each in [0, 4]
   # atol 2e-6: with jax 0.10.2 one near-zero element of 2,352 (7.4e-5) differs by 1.2e-6 in reduction order; a
   # gradient scaled by the device count (x8 on elements of ~0.1) still fails by orders of magnitude.
-  assert_trees_close(grads8, grads1, rtol=2e-3, atol=2e-6)
-  assert_trees_close(state8, state1, rtol=1e-4, atol=1e-6)   # online and target BN statistics
-  assert_trees_close(after8, after1, rtol=1e-5, atol=1e-7)   # EMA target after the step
-  np.testing.assert_allclose(metrics8["embedding_std"], metrics1["embedding_std"], rtol=1e-5)
+  assert_trees_close(out8.grads, out1.grads, rtol=2e-3, atol=2e-6)
+  assert_trees_close(out8.state_after_loss, out1.state_after_loss, rtol=1e-4, atol=1e-6)   # online, target BN stats
+  assert_trees_close(out8.state_after_update, out1.state_after_update, rtol=1e-5, atol=1e-7)   # EMA target after
+  np.testing.assert_allclose(out8.metrics["embedding_std"], out1.metrics["embedding_std"], rtol=1e-5)
 
 
 def test_target_is_the_cosine_ema_of_the_updated_online_encoder(steps):
-  config, params, state, _, (_, grads, _, after, metrics) = steps
+  config, params, state, _, out = steps
+  grads, after, metrics = out.grads, out.state_after_update, out.metrics
   base, k, total = config.method.base_momentum, 3, 10
   tau = 1 - (1 - base) * (math.cos(math.pi * k / total) + 1) / 2
   np.testing.assert_allclose(metrics["ema_momentum"], tau, rtol=1e-6)
@@ -86,7 +87,28 @@ def test_target_is_the_cosine_ema_of_the_updated_online_encoder(steps):
                           state["ema"]["params"], online)
   assert_trees_close(after["ema"]["params"], expected, rtol=1e-5, atol=1e-7)
   assert_trees_close(state["ema"]["params"], params["encoder"], rtol=0, atol=0)   # starts as a copy
-  assert_trees_close(after["batch_stats"], steps[4][2]["batch_stats"], rtol=0, atol=0)   # after_update: EMA only
+  assert_trees_close(after["batch_stats"], out.state_after_loss["batch_stats"], rtol=0, atol=0)   # only the EMA moves
+
+
+def test_gradient_flows_only_through_the_online_branch(steps):
+  """BYOL Sec. 3.1 (sg(z') in the loss): the method's gradient equals the gradient of the loss with the target
+  projections computed beforehand and held constant; a target that took the online params would differ."""
+  config, params, state, _, out = steps
+  method, _, _, crops = init_method(config, total_steps=10)
+  one_device = lambda fn: jax.jit(jax.shard_map(fn, mesh=parallel.make_mesh(1), in_specs=P(), out_specs=P()))
+
+  def targets(ema):
+    t1, s1 = method._target(ema, crops[0])
+    return t1, method._target({"params": ema["params"], "batch_stats": s1}, crops[1])[0]
+
+  t1, t2 = one_device(targets)(state["ema"])
+
+  def reference(p):
+    _, _, p1, stats = method._online(p, state["batch_stats"], crops[0])
+    _, _, p2, _ = method._online(p, stats, crops[1])
+    return byol_regression(p1, t2, parallel.DATA) + byol_regression(p2, t1, parallel.DATA)
+
+  assert_trees_close(out.grads, one_device(jax.grad(reference))(params), rtol=1e-4, atol=1e-6)
 
 
 def test_tiny_run_loss_decreases_without_collapse():

@@ -3,10 +3,10 @@ import os
 
 import ml_collections
 import numpy as np
-import pytest
 from PIL import Image
 
 from cl_jax.data import caption_folder, pipeline, sources
+from tests.harness import one_line_error
 
 S = 8
 
@@ -24,15 +24,6 @@ def write_pair(directory, stem, value, caption, ext="png"):
   if caption is not None:
     with open(os.path.join(directory, f"{stem}.txt"), "w") as f:
       f.write(caption)
-
-
-def one_line_error(fn, *needles):
-  with pytest.raises(ValueError) as e:
-    fn()
-  msg = str(e.value)
-  assert "\n" not in msg, msg
-  for needle in needles:
-    assert needle in msg, msg
 
 
 def check_pairs(src):

@@ -9,6 +9,7 @@ import pytest
 
 from cl_jax.data import captions, pipeline, shapes, sources
 from cl_jax.data.tokenizer import SHAPES_PROMPT_TEMPLATES, build_tokenizer
+from tests.harness import one_line_error
 
 N = 120
 L = 32
@@ -43,15 +44,6 @@ def wrap(base, split, kind, tok, **text):
 
 def enc(tok, text):
   return tok.encode([text])[0]
-
-
-def one_line_error(fn, *needles):
-  with pytest.raises(ValueError) as e:
-    fn()
-  msg = str(e.value)
-  assert "\n" not in msg, msg
-  for needle in needles:
-    assert needle in msg, msg
 
 
 def test_get_source_adds_tokens_and_text_label():

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import pytest
 
 from cl_jax import checkpoint, train
-from siamese_checks import tiny_method_config
+from tests.harness import tiny_method_config
 
 
 def test_resume_from_an_old_ema_layout_names_the_change(tmp_path):

@@ -9,24 +9,19 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from jax.sharding import PartitionSpec as P
 
-from cl_jax import parallel, train
+from cl_jax import train
 from cl_jax.data import augment, shapes
 from cl_jax.eval import retrieval, zeroshot
-from tests.tiny_runs import build_method
-from configs import quickstart
+from tests.harness import build_method, make_method_step, tiny_method_config
 
 
 def tiny_config(method: str):
-  c = quickstart.get_config(f"method={method},runlocal")
-  c.data.num_train, c.data.num_test = 64, 64
-  c.batch_size, c.eval.batch_size = 32, 32
-  c.model = dict(name="vit_micro", patch_size=8)   # compiles faster than a ResNet on CPU
-  c.text_model.update(width=32, depth=1, heads=2)
-  c.method.embed_dim = 32
-  c.data.text.context_length = 20
-  return c
+  """The method's quick-start settings, a micro ViT (compiles faster than a ResNet on CPU), a 1-layer text model."""
+  return tiny_method_config(method, **{
+      "data.num_train": 64, "data.num_test": 64, "batch_size": 32, "eval.batch_size": 32,
+      "model": dict(name="vit_micro", patch_size=8), "text_model.width": 32, "text_model.depth": 1,
+      "text_model.heads": 2, "method.embed_dim": 32, "data.text.context_length": 20})
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +34,6 @@ def batch():
 def test_loss_decreases_on_a_fixed_batch(batch, name):
   config = tiny_config(name)
   method = build_method(config)
-  mesh = parallel.make_mesh()
   tokens = method.tokenizer.encode(list(batch["caption"]))
   # UniCL: half the texts are class prompts (label = class id), half captions (-1), as data.text.source='mixed'.
   prompts = method.tokenizer.encode([f"a photo of a {shapes.CLASS_NAMES[y]}." for y in batch["label"]])
@@ -53,24 +47,12 @@ def test_loss_decreases_on_a_fixed_batch(batch, name):
   assert set(params) >= ({"model", "log_temperature", "bias"} if name == "siglip" else {"model", "logit_scale"})
   tx = optax.adam(2e-3)
   opt_state = tx.init(params)
-  view_specs = {"crops": (P(None, parallel.DATA),), "tokens": P(parallel.DATA), "text_label": P(parallel.DATA)}
-
-  def per_device(params, opt_state, state, views):
-    def loss_fn(p):
-      loss, (new_state, metrics) = method.loss(p, state, views, jax.random.key(1), 0)
-      return loss, new_state
-    (loss, new_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, new_state, loss
-
-  step = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(), P(), view_specs),
-                               out_specs=(P(), P(), P(), P())))
-  views = jax.device_put(views, jax.tree.map(lambda s: jax.sharding.NamedSharding(mesh, s), view_specs,
-                                             is_leaf=lambda s: isinstance(s, P)))
+  step = make_method_step(method, state, views, seed=1, tx=tx)
   losses = []
   for _ in range(6):
-    params, opt_state, state, loss = step(params, opt_state, state, views)
-    losses.append(float(loss))
+    out = step(params, state, views, 0, opt_state)
+    params, opt_state, state = out.params, out.opt_state, out.state_after_update
+    losses.append(float(out.loss))
   assert np.isfinite(losses).all()
   assert losses[-1] < losses[0] - 0.05, losses
   emb = jax.jit(method.encode_text)(params, state, tokens[:4])

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from cl_jax import train
+from tests.harness import cli_one_line
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(p for p in glob.glob(os.path.join(ROOT, "configs", "*.py")) if not p.endswith("__init__.py"))
@@ -65,9 +66,6 @@ def test_cli_trains_on_an_image_folder_and_reports_knn(tmp_path):
 
 
 def test_cli_bad_dataset_is_one_line_error(tmp_path):
-  cmd = [sys.executable, "-m", "cl_jax.main", "--config=configs/quickstart.py:runlocal",
-         f"--config.dataset=folder:{tmp_path / 'missing'}", f"--workdir={tmp_path / 'run'}"]
-  out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
-  assert out.returncode == 2
-  last = out.stderr.strip().splitlines()[-1]
-  assert last.startswith("error: ") and "missing" in last
+  line = cli_one_line("--config=configs/quickstart.py:runlocal", f"--config.dataset=folder:{tmp_path / 'missing'}",
+                      workdir=tmp_path / "run")
+  assert "missing" in line, line

@@ -1,17 +1,12 @@
 """The Method contract: declared schemas reject typos and impossible values, run facts are required, and the
 command line turns every config or start-up error into one line with exit status 2."""
-import os
-import subprocess
-import sys
-
 import pytest
 
 from cl_jax.methods import RunFacts, get_method
 from cl_jax.schema import Field, validate
 from configs import quickstart
-from tests.tiny_runs import build_method
+from tests.harness import build_method, cli_one_line
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FACTS = RunFacts(total_steps=10, steps_per_epoch=5, num_train=100, num_devices=1)
 
 
@@ -82,20 +77,13 @@ _BAD_INPUTS = [
 
 @pytest.mark.parametrize("args,expected", _BAD_INPUTS, ids=[a[-1] for a, _ in _BAD_INPUTS])
 def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, args, expected):
-  env = {k: v for k, v in os.environ.items() if k != "CL_JAX_DEBUG"}
-  out = subprocess.run([sys.executable, "-m", "cl_jax.main", *args, f"--workdir={tmp_path / 'run'}"], cwd=ROOT,
-                       capture_output=True, text=True, timeout=300, env=env)
-  lines = [line for line in out.stderr.strip().splitlines() if line.strip()]
-  assert out.returncode == 2, out.stderr[-2000:]
-  assert lines[-1].startswith("error: ") and expected in lines[-1], out.stderr[-2000:]
-  assert "Traceback" not in out.stderr
-  assert not (tmp_path / "run" / "checkpoints").exists()
+  line = cli_one_line(*args, workdir=tmp_path / "run")
+  assert expected in line, line
 
 
 def test_cli_workdir_that_is_a_file(tmp_path):
   f = tmp_path / "afile"
   f.write_text("")
-  out = subprocess.run([sys.executable, "-m", "cl_jax.main", "--config=configs/quickstart.py:runlocal",
-                        f"--workdir={f}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
-  assert out.returncode == 2 and "is a file; name a directory" in out.stderr.strip().splitlines()[-1]
+  line = cli_one_line("--config=configs/quickstart.py:runlocal", f"--workdir={f}")
+  assert "is a file; name a directory" in line, line
   assert f.read_text() == ""   # nothing lost

@@ -9,8 +9,8 @@ import pytest
 from cl_jax.data import augment as A
 from cl_jax.methods.dino import crop_roles
 from configs import dino_cifar10, dino_imagenet, quickstart
-from tests.test_dino import dino_config, method_step
-from tests.tiny_runs import build_method
+from tests.harness import build_method
+from tests.test_dino import dino_config, dino_step
 
 
 def test_role_defaults_to_unset_and_is_checked():
@@ -60,7 +60,7 @@ def test_teacher_takes_the_global_role_not_the_first_group():
     # A non-trivial teacher and center, the same for both configs.
     state["ema"]["params"] = jax.tree.map(lambda p: p * 0.9, state["ema"]["params"])
     state["center"] = jnp.asarray(np.random.default_rng(2).normal(size=(64,)).astype(np.float32)) * 0.1
-    results.append(method_step(method, params, state, crops, 1))
+    results.append(dino_step(method, params, state, crops, 1))
   (loss, grads, center, std), (loss_r, grads_r, center_r, std_r) = results
   assert np.isfinite(float(loss))
   np.testing.assert_array_equal(np.asarray(loss_r), np.asarray(loss))

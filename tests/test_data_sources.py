@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from cl_jax.data import folder, pipeline, sources
+from tests.harness import one_line_error
 
 S = 8  # image_size used throughout
 CLASSES = ("cat", "dog", "fox")
@@ -32,16 +33,6 @@ def colour(label, k, split_id=0):
 def write_png(path, rgb, size=(14, 10)):
   os.makedirs(os.path.dirname(path), exist_ok=True)
   Image.fromarray(np.full((size[1], size[0], 3), rgb, np.uint8)).save(path)
-
-
-def one_line_error(fn, *needles):
-  with pytest.raises(ValueError) as e:
-    fn()
-  msg = str(e.value)
-  assert "\n" not in msg, msg
-  for needle in needles:
-    assert needle in msg, msg
-  return msg
 
 
 # ------------------------------------------------------------------------------------- folder

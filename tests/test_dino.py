@@ -10,9 +10,8 @@ from jax.sharding import PartitionSpec as P
 from cl_jax import parallel, train
 from cl_jax.data.augment import group
 from cl_jax.losses import distill
-from tests.tiny_runs import build_method
 from cl_jax.models.dino_head import DINOHead
-from tests.tiny_runs import tiny_config
+from tests.harness import build_method, method_step, tiny_config
 
 
 # ----------------------------------------------------------------------------- float64 references
@@ -170,28 +169,16 @@ def method_and_inputs():
   return method, params, state, crops
 
 
-def method_step(method, params, state, crops, num_devices):
-  """(loss, grads, new center) of one step of the method on a mesh of `num_devices`."""
-  mesh = parallel.make_mesh(num_devices)
-
-  def per_device(params, state, crops):
-    def f(p):
-      return method.loss(p, state, {"crops": crops}, jax.random.key(0), jnp.int32(3))
-    (loss, (new_state, metrics)), grads = jax.value_and_grad(f, has_aux=True)(params)
-    return loss, grads, new_state["center"], metrics["embedding_std"]
-
-  views = P(None, parallel.DATA)
-  fn = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(), (views, views)),
-                             out_specs=(P(), P(), P(), P())))
-  rep = parallel.replicated(mesh)
-  put = lambda c: jax.device_put(c, jax.sharding.NamedSharding(mesh, views))
-  return fn(jax.device_put(params, rep), jax.device_put(state, rep), tuple(put(c) for c in crops))
+def dino_step(method, params, state, crops, num_devices):
+  """(loss, grads, new center, embedding std) of one step of the method (step 3) on `num_devices`."""
+  out = method_step(method, params, state, {"crops": crops}, num_devices, step=3)
+  return out.loss, out.grads, out.state_after_loss["center"], out.metrics["embedding_std"]
 
 
 def test_method_eight_devices_equal_one_device(method_and_inputs):
   method, params, state, crops = method_and_inputs
-  loss1, grads1, center1, std1 = method_step(method, params, state, crops, 1)
-  loss8, grads8, center8, std8 = method_step(method, params, state, crops, 8)
+  loss1, grads1, center1, std1 = dino_step(method, params, state, crops, 1)
+  loss8, grads8, center8, std8 = dino_step(method, params, state, crops, 8)
   assert np.isfinite(float(loss1)) and float(std1) > 0
   np.testing.assert_allclose(float(loss8), float(loss1), rtol=1e-5)
   np.testing.assert_allclose(float(std8), float(std1), rtol=1e-5)

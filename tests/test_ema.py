@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 
 from cl_jax.methods.common import cosine_momentum, ema_init, ema_step, ema_update
-from tests import momentum_harness as mh
-from tests.tiny_runs import build_method
+from tests.harness import batch_views, build_method, explicit_method_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -48,11 +47,11 @@ def test_only_common_defines_an_ema_update():
                                     dict(name="moco_v3", dim=8, mlp_dim=16),
                                     dict(name="dino", out_dim=16, hidden_dim=16, bottleneck_dim=8)])
 def test_every_ema_method_keeps_its_copy_as_state_ema(method):
-  c = mh.config(method)
+  c = explicit_method_config(method)
   if method["name"] == "dino":
     c.augment["global"].role = "global"   # the teacher's crops
   m = build_method(c, total_steps=10)
-  views = mh.batch_views(c, 8)
+  views = batch_views(c, 8)
   params, state = jax.eval_shape(m.init, jax.random.key(0), views)
   assert set(state["ema"]) == {"params", "batch_stats"}
   online = params["encoder"] if "encoder" in params else params

@@ -5,8 +5,6 @@ import glob
 import importlib.util
 import os
 import re
-import subprocess
-import sys
 
 import ml_collections
 import pytest
@@ -14,8 +12,8 @@ import pytest
 from cl_jax import evaluate
 from cl_jax.eval import embedding_plot, features, knn, linear, monitors, retrieval, zeroshot
 from configs import quickstart
+from tests.harness import ROOT, cli_one_line
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EVAL_FILES = sorted(glob.glob(os.path.join(ROOT, "cl_jax", "eval", "*.py")))
 CONFIGS = sorted(p for p in glob.glob(os.path.join(ROOT, "configs", "*.py")) if not p.endswith("__init__.py"))
 
@@ -136,19 +134,8 @@ def test_every_quickstart_method_eval_section_validates(name):
     monitors.validate_eval(quickstart.get_config(arg))
 
 
-def cli(tmp_path, *args):
-  env = {k: v for k, v in os.environ.items() if k != "CL_JAX_DEBUG"}
-  out = subprocess.run([sys.executable, "-m", "cl_jax.main", *args, f"--workdir={tmp_path / 'run'}"], cwd=ROOT,
-                       capture_output=True, text=True, timeout=300, env=env)
-  lines = [line for line in out.stderr.strip().splitlines() if line.strip()]
-  assert out.returncode == 2, out.stderr[-2000:]
-  assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
-  assert not (tmp_path / "run" / "checkpoints").exists()
-  return lines[0]
-
-
 def test_cli_eval_override_typo_is_one_line(tmp_path):
-  line = cli(tmp_path, "--config=configs/quickstart.py:runlocal", "--config.eval.knn_kk=5")
+  line = cli_one_line("--config=configs/quickstart.py:runlocal", "--config.eval.knn_kk=5", workdir=tmp_path / "run")
   assert line.startswith("error: config.eval.knn_kk: unknown; did you mean knn_k? known: "), line
 
 
@@ -158,10 +145,10 @@ def test_cli_eval_typo_in_a_config_file_is_one_line(tmp_path):
   path.write_text(f"import sys\nsys.path.insert(0, {ROOT!r})\nfrom configs import quickstart\n\n\n"
                   "def get_config(arg=None):\n  c = quickstart.get_config('runlocal')\n  c.eval.knn_kk = 5\n"
                   "  return c\n")
-  line = cli(tmp_path, f"--config={path}")
+  line = cli_one_line(f"--config={path}", workdir=tmp_path / "run")
   assert line.startswith("error: eval.knn_kk: unknown; did you mean knn_k? known: batch_size, crop_frac, "), line
 
 
 def test_cli_eval_value_out_of_range_is_one_line(tmp_path):
-  line = cli(tmp_path, "--config=configs/quickstart.py:runlocal", "--config.eval.knn_k=0")
+  line = cli_one_line("--config=configs/quickstart.py:runlocal", "--config.eval.knn_k=0", workdir=tmp_path / "run")
   assert line == "error: eval.knn_k=0: must be >= 1.", line

@@ -1,8 +1,6 @@
 """Offline evaluation: the linear probe on synthetic features, the CLI on a tiny trained workdir, bad input."""
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import ml_collections
@@ -14,30 +12,20 @@ from cl_jax import evaluate, train
 from cl_jax.data import augment
 from cl_jax.data import shapes
 from cl_jax.eval import attributes, embedding_plot, features, linear, monitors
-from configs import quickstart
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.harness import cli_one_line, run_python
+from tests.harness import tiny_config as base_config
 
 
 def tiny_config():
-  c = quickstart.get_config("runlocal")
-  c.data.num_train, c.data.num_test = 256, 128
-  c.batch_size, c.eval.batch_size = 32, 64
-  c.eval.every, c.tensorboard = -1, False
-  # Crop + flip only: the evaluation under test does not care, and the full colour recipe compiles slowly.
-  c.augment = ml_collections.ConfigDict({"global": augment.group(size=32, views=2, scale=(0.2, 1.0), jitter_p=0.0,
-                                                                 grayscale_p=0.0, blur_p=(0.0,))})
-  return c
+  """The tiny config without periodic eval; crop + flip only (the evaluation under test does not care, and the
+  full colour recipe compiles slowly)."""
+  return base_config(**{"eval.every": -1, "tensorboard": False, "augment": ml_collections.ConfigDict({
+      "global": augment.group(size=32, views=2, scale=(0.2, 1.0), jitter_p=0.0, grayscale_p=0.0, blur_p=(0.0,))})})
 
 
 def rows(workdir, key):
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     return [r for r in map(json.loads, f) if key in r]
-
-
-def cli(*args):
-  return subprocess.run([sys.executable, "-m", "cl_jax.evaluate", *args], cwd=REPO, capture_output=True,
-                        text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +96,8 @@ def test_nearest_neighbours_and_queries():
 
 
 def test_cli_linear_fast_writes_metrics(workdir):
-  result = cli(f"--workdir={workdir}", "--protocol=linear", "--fast", "--config.eval.linear_epochs=10")
+  result = run_python("-m", "cl_jax.evaluate", f"--workdir={workdir}", "--protocol=linear", "--fast",
+                      "--config.eval.linear_epochs=10")
   assert result.returncode == 0, result.stderr
   assert "linear top-1" in result.stdout and "10 epochs" in result.stdout and "fast" in result.stdout
   (row,) = rows(workdir, "eval/linear_top1")
@@ -192,19 +181,17 @@ def test_linear_full_mode_trains_the_head(loaded):
 
 
 def test_cli_unknown_protocol_and_empty_workdir(tmp_path):
-  result = cli(f"--workdir={tmp_path}", "--protocol=lineer")
-  assert result.returncode == 1
-  assert result.stderr.strip() == "error: Unknown protocol 'lineer'; known protocols: attributes, knn, linear, retrieval, tsne, zeroshot."
-  result = cli(f"--workdir={tmp_path}", "--protocol=knn")
-  assert result.returncode == 1
-  (line,) = result.stderr.strip().splitlines()
-  assert line.startswith("error: ") and "no config.json" in line
+  line = cli_one_line(f"--workdir={tmp_path}", "--protocol=lineer", module="cl_jax.evaluate", status=1)
+  assert line == ("error: Unknown protocol 'lineer'; known protocols: attributes, knn, linear, retrieval, tsne, "
+                  "zeroshot."), line
+  line = cli_one_line(f"--workdir={tmp_path}", "--protocol=knn", module="cl_jax.evaluate", status=1)
+  assert "no config.json" in line, line
 
 
 def test_cli_bad_eval_value_is_one_line(workdir):
-  result = cli(f"--workdir={workdir}", "--protocol=knn", "--config.eval.knn_k=0")
-  assert result.returncode == 1
-  assert result.stderr.strip() == "error: eval.knn_k=0: must be >= 1."
+  line = cli_one_line(f"--workdir={workdir}", "--protocol=knn", "--config.eval.knn_k=0", module="cl_jax.evaluate",
+                      status=1)
+  assert line == "error: eval.knn_k=0: must be >= 1.", line
 
 
 def test_workdir_without_checkpoint(tmp_path):

@@ -7,8 +7,7 @@ from jax.sharding import PartitionSpec as P
 
 from cl_jax import parallel
 from cl_jax.losses.nce import instdisc_nce, instdisc_softmax
-from tests.tiny_runs import build_method
-from tests import momentum_harness as mh
+from tests.harness import assert_trees_close, batch_views, build_method, explicit_method_config, method_step
 
 N, D, B, M, TAU = 64, 8, 16, 24, 0.07
 
@@ -85,38 +84,38 @@ def test_eight_devices_equal_one_value_and_gradient(data, kind):
 
 @pytest.fixture(scope="module")
 def method_setup():
-  c = mh.config(dict(name="instdisc", loss="nce", temperature=0.07, num_negatives=32, proj_dim=16, bank_size=64),
-                views=1)
+  c = explicit_method_config(dict(name="instdisc", loss="nce", temperature=0.07, num_negatives=32, proj_dim=16,
+                                  bank_size=64), views=1)
   method = build_method(c)
-  views = mh.batch_views(c, 16, num_train=64)
+  views = batch_views(c, 16, num_train=64)
   params, state = jax.jit(method.init)(jax.random.key(0, impl="rbg"), views)
-  return method, params, state, views, mh.run_step(method, params, state, views, parallel.make_mesh(1))
+  return method, params, state, views, method_step(method, params, state, views, 1, seed=1)
 
 
 def test_method_step_eight_devices_equal_one_loss_grads_bank(method_setup):
   method, params, state, views, one = method_setup
-  eight = mh.run_step(method, params, state, views, parallel.make_mesh())
-  np.testing.assert_allclose(float(eight[0]), float(one[0]), rtol=1e-5)
-  mh.assert_trees_close(eight[1], one[1], rtol=1e-3, atol=1e-5)
-  mh.assert_trees_close(eight[3], one[3], rtol=1e-4, atol=1e-6)
+  eight = method_step(method, params, state, views, 8, seed=1)
+  np.testing.assert_allclose(float(eight.loss), float(one.loss), rtol=1e-5)
+  assert_trees_close(eight.grads, one.grads, rtol=1e-3, atol=1e-5)
+  assert_trees_close(eight.state_after_update, one.state_after_update, rtol=1e-4, atol=1e-6)
 
 
 def test_method_step_updates_visited_bank_rows_and_fixes_z(method_setup):
   method, params, state, views, one = method_setup
-  loss, _, metrics, new = one
+  loss, new = one.loss, one.state_after_update
   assert np.isfinite(float(loss)) and float(new["z"]) > 0
   bank, old = np.asarray(new["bank"]), np.asarray(state["bank"])
   visited = np.zeros(len(bank), bool)
   visited[views["index"]] = True
   np.testing.assert_array_equal(bank[~visited], old[~visited])
   np.testing.assert_allclose(np.linalg.norm(bank[visited], axis=1), 1.0, rtol=1e-5)
-  again = mh.run_step(method, params, new, views, parallel.make_mesh(1), step=1)
-  assert float(again[3]["z"]) == float(new["z"])   # Z is estimated once, then fixed
-  assert np.isfinite(float(again[0]))
+  again = method_step(method, params, new, views, 1, step=1, seed=1)
+  assert float(again.state_after_update["z"]) == float(new["z"])   # Z is estimated once, then fixed
+  assert np.isfinite(float(again.loss))
 
 
 def test_missing_bank_size_is_one_line_error():
-  c = mh.config(dict(name="instdisc"), views=1)
+  c = explicit_method_config(dict(name="instdisc"), views=1)
   del c.data["num_train"]
   with pytest.raises(ValueError, match="set method.bank_size"):
     build_method(c).num_data   # pylint: disable=expression-not-assigned

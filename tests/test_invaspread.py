@@ -7,8 +7,8 @@ from jax.sharding import PartitionSpec as P
 
 from cl_jax import parallel
 from cl_jax.losses.invaspread import invaspread_loss
-from tests.tiny_runs import build_method
-from tests import momentum_harness as mh
+from tests.harness import (assert_trees_close, batch_views, build_method, explicit_method_config,
+                           make_method_step, method_step)
 
 
 def invaspread_reference(z1, z2, tau):
@@ -69,20 +69,21 @@ def test_eight_devices_equal_one_value_and_gradient(embeddings):
 
 
 def test_method_eight_devices_equal_one_and_few_steps_decrease():
-  c = mh.config(dict(name="invaspread", temperature=0.1, proj_dim=16))
+  c = explicit_method_config(dict(name="invaspread", temperature=0.1, proj_dim=16))
   method = build_method(c)
-  views = mh.batch_views(c, 16)
+  views = batch_views(c, 16)
   params, state = jax.jit(method.init)(jax.random.key(0, impl="rbg"), views)
-  mesh = parallel.make_mesh()
-  one = mh.run_step(method, params, state, views, parallel.make_mesh(1))
-  eight = mh.run_step(method, params, state, views, mesh)
-  np.testing.assert_allclose(float(eight[0]), float(one[0]), rtol=1e-5)
-  mh.assert_trees_close(eight[1], one[1], rtol=1e-3, atol=1e-5)
-  mh.assert_trees_close(eight[3], one[3], rtol=1e-4, atol=1e-6)
-  assert 0 < float(one[2]["embedding_std"]) < 1
+  one = method_step(method, params, state, views, 1, seed=1)
+  step_fn = make_method_step(method, state, views, 8, seed=1)
+  eight = step_fn(params, state, views)
+  np.testing.assert_allclose(float(eight.loss), float(one.loss), rtol=1e-5)
+  assert_trees_close(eight.grads, one.grads, rtol=1e-3, atol=1e-5)
+  assert_trees_close(eight.state_after_update, one.state_after_update, rtol=1e-4, atol=1e-6)
+  assert 0 < float(one.metrics["embedding_std"]) < 1
   losses = []
   for step in range(4):
-    loss, grads, _, state = mh.run_step(method, params, state, views, mesh, step=step)
-    params = jax.tree.map(lambda p, g: p - 0.05 * g, params, grads)
-    losses.append(float(loss))
+    out = step_fn(params, state, views, step)
+    state = out.state_after_update
+    params = jax.tree.map(lambda p, g: p - 0.05 * g, params, out.grads)
+    losses.append(float(out.loss))
   assert np.all(np.isfinite(losses)) and losses[-1] < losses[0]

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from cl_jax import train
-from tiny_runs import tiny_config as base_config
+from tests.harness import tiny_config as base_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = ["--config.data.num_train=256", "--config.data.num_test=128", "--config.batch_size=32",

@@ -10,7 +10,9 @@ from jax.sharding import PartitionSpec as P
 
 from cl_jax import parallel
 from cl_jax.losses.infonce import moco_v3_ctr
-from siamese_checks import SGD_LR, assert_trees_close, init_method, method_step, tiny_method_config, tiny_run
+from tests.harness import assert_trees_close, init_method, method_step, tiny_method_config, tiny_run
+
+SGD_LR = 0.1
 
 
 def ctr_reference(q: np.ndarray, k: np.ndarray, tau: float) -> float:
@@ -61,23 +63,22 @@ def test_loss_eight_devices_equal_one_device_value_and_gradient(qk):
 def steps():
   config = tiny_method_config("moco_v3")
   method, params, state, crops = init_method(config, total_steps=10)
-  return (config, params, state, method_step(method, params, state, crops, 3, 8),
-          method_step(method, params, state, crops, 3, 1))
+  step = lambda n: method_step(method, params, state, {"crops": (crops,)}, n, step=3, sgd_lr=SGD_LR)
+  return config, params, state, step(8), step(1)
 
 
 def test_method_step_eight_devices_equal_one_device(steps):
   _, _, _, out8, out1 = steps
-  loss8, grads8, state8, after8, metrics8 = out8
-  loss1, grads1, state1, after1, metrics1 = out1
-  np.testing.assert_allclose(loss8, loss1, rtol=1e-5)
-  np.testing.assert_allclose(metrics8["contrast_acc"], metrics1["contrast_acc"], rtol=1e-6)
-  assert_trees_close(grads8, grads1, rtol=2e-3, atol=1e-6)
-  assert_trees_close(state8, state1, rtol=1e-4, atol=1e-6)
-  assert_trees_close(after8, after1, rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(out8.loss, out1.loss, rtol=1e-5)
+  np.testing.assert_allclose(out8.metrics["contrast_acc"], out1.metrics["contrast_acc"], rtol=1e-6)
+  assert_trees_close(out8.grads, out1.grads, rtol=2e-3, atol=1e-6)
+  assert_trees_close(out8.state_after_loss, out1.state_after_loss, rtol=1e-4, atol=1e-6)
+  assert_trees_close(out8.state_after_update, out1.state_after_update, rtol=1e-5, atol=1e-7)
 
 
 def test_momentum_encoder_is_the_cosine_ema_of_the_updated_query_encoder(steps):
-  config, params, state, _, (_, grads, _, after, metrics) = steps
+  config, params, state, _, out = steps
+  grads, after, metrics = out.grads, out.state_after_update, out.metrics
   # The official code applies m(k+1) at the start of step k+1, i.e. after step k's update.
   base, k, total = config.method.base_momentum, 3 + 1, 10
   m = 1 - (1 - base) * (math.cos(math.pi * k / total) + 1) / 2

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 
 from cl_jax import train
-from tiny_runs import tiny_config
+from tests.harness import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OVERRIDES = {"data.num_train": 256, "data.num_test": 128, "batch_size": 32, "eval.batch_size": 64,

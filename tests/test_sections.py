@@ -1,8 +1,6 @@
 """Declared model, optim and data sections: typos and impossible values are one line, declared knobs are settable
 from the command line, and model.bn has one default for backbone and heads."""
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -11,9 +9,7 @@ from PIL import Image
 
 from cl_jax import train
 from configs import quickstart
-from tests.test_contract import ROOT
-from tests.test_contract import test_cli_bad_input_is_one_line_and_exit_2 as assert_cli_one_line_error
-from tests.tiny_runs import build_method
+from tests.harness import build_method, cli_one_line, run_python
 
 
 def _quickstart(method="simclr"):
@@ -59,7 +55,8 @@ _BAD_CLI = [
 
 @pytest.mark.parametrize("args,expected", _BAD_CLI, ids=[a[-1] for a, _ in _BAD_CLI])
 def test_cli_section_errors_are_one_line(tmp_path, args, expected):
-  assert_cli_one_line_error(tmp_path, args, expected)
+  line = cli_one_line(*args, workdir=tmp_path / "run")
+  assert expected in line, line
 
 
 def _build_through_cli(tmp_path, *args):
@@ -67,9 +64,7 @@ def _build_through_cli(tmp_path, *args):
   code = ("import sys; from absl import flags; from cl_jax import main, optim, train; "
           "from cl_jax.data import sources; main.parse_flags(sys.argv); c = flags.FLAGS.config; train.build_run(c); "
           "print(optim.optim_section(c.optim)); print(sources.data_section(c.data, c.dataset))")
-  env = {k: v for k, v in os.environ.items() if k != "CL_JAX_DEBUG"}
-  out = subprocess.run([sys.executable, "-c", code, *args, f"--workdir={tmp_path / 'run'}"], cwd=ROOT,
-                       capture_output=True, text=True, timeout=300, env=env)
+  out = run_python("-c", code, *args, f"--workdir={tmp_path / 'run'}")
   assert out.returncode == 0, out.stderr[-2000:]
   return out.stdout
 

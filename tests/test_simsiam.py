@@ -10,7 +10,7 @@ from jax.sharding import PartitionSpec as P
 from cl_jax import optim, parallel
 from cl_jax.losses.regression import negative_cosine
 from configs import simsiam_cifar10
-from siamese_checks import assert_trees_close, init_method, method_step, tiny_method_config, tiny_run
+from tests.harness import assert_trees_close, init_method, method_step, tiny_method_config, tiny_run
 
 
 def simsiam_reference(p1, z1, p2, z2) -> float:
@@ -63,14 +63,13 @@ def setup():
 
 def test_method_step_eight_devices_equal_one_device(setup):
   _, method, params, state, crops = setup
-  loss8, grads8, state8, _, metrics8 = method_step(method, params, state, crops, 0, 8)
-  loss1, grads1, state1, _, metrics1 = method_step(method, params, state, crops, 0, 1)
-  np.testing.assert_allclose(loss8, loss1, rtol=1e-5)
-  assert -1.0 <= float(loss1) <= 1.0
-  assert_trees_close(grads8, grads1, rtol=2e-3, atol=1e-6)
-  assert_trees_close(state8, state1, rtol=1e-4, atol=1e-6)
-  np.testing.assert_allclose(metrics8["embedding_std"], metrics1["embedding_std"], rtol=1e-5)
-  assert float(np.max(np.abs(grads1["predictor"]["dense2"]["kernel"]))) > 0
+  out8, out1 = (method_step(method, params, state, {"crops": (crops,)}, n) for n in (8, 1))
+  np.testing.assert_allclose(out8.loss, out1.loss, rtol=1e-5)
+  assert -1.0 <= float(out1.loss) <= 1.0
+  assert_trees_close(out8.grads, out1.grads, rtol=2e-3, atol=1e-6)
+  assert_trees_close(out8.state_after_loss, out1.state_after_loss, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(out8.metrics["embedding_std"], out1.metrics["embedding_std"], rtol=1e-5)
+  assert float(np.max(np.abs(out1.grads["predictor"]["dense2"]["kernel"]))) > 0
 
 
 def test_recipe_keeps_the_predictor_lr_fixed(setup):

@@ -10,7 +10,7 @@ import pytest
 from cl_jax import train
 from cl_jax.methods import METHODS
 from cl_jax.methods.simclr import SimCLR
-from tiny_runs import tiny_config
+from tests.harness import tiny_config
 
 
 def read_metrics(workdir):
@@ -87,7 +87,7 @@ def _losses(config, steps):
 def _plain_sgd(config):
   """Plain SGD: no momentum, no weight decay, constant lr, so a gradient scaled by the device count shows in the
   params (Adam's normalisation would hide it)."""
-  config.optim = dict(name="sgd", lr=0.1, lr_scaling="none", momentum=0.0, nesterov=False, weight_decay=0.0,
+  config.optim = dict(name="sgd", lr=0.02, lr_scaling="none", momentum=0.0, nesterov=False, weight_decay=0.0,
                       schedule="constant", warmup_epochs=0.0)
   return config
 
@@ -100,7 +100,7 @@ def test_eight_devices_match_one_device_and_compile_once():
   opt_state = tx.init(w)
   for _ in range(2):   # the second update is still -lr * g: no momentum, no weight decay
     update, opt_state = tx.update(g, opt_state, w)
-  np.testing.assert_allclose(update["w"], -0.1 * 2.0, rtol=1e-6)
+  np.testing.assert_allclose(update["w"], -0.02 * 2.0, rtol=1e-6)
   losses8, step_fn, params8 = _losses(c8, 5)
   losses1, _, params1 = _losses(c1, 5)
   assert step_fn._cache_size() == 1   # no recompilation after the first step
@@ -108,7 +108,7 @@ def test_eight_devices_match_one_device_and_compile_once():
   assert len(set(np.round(losses8, 4))) > 1   # the run moves
   flat1 = dict(jax.tree_util.tree_flatten_with_path(params1)[0])
   for path, leaf in jax.tree_util.tree_flatten_with_path(params8)[0]:
-    np.testing.assert_allclose(leaf, flat1[path], atol=1e-5, err_msg=jax.tree_util.keystr(path))
+    np.testing.assert_allclose(leaf, flat1[path], rtol=0, atol=2e-4, err_msg=jax.tree_util.keystr(path))
 
 
 @METHODS.register("test_nan_at_step_3")

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from cl_jax.data import pipeline, sources, webdataset
+from tests.harness import one_line_error
 
 S = 8
 PER_SHARD = 6
@@ -59,15 +60,6 @@ def cfg(pattern, **kw):
               num_test=None, on_bad_image="skip", holdout_frac=0.25)
   base.update(kw)
   return ml_collections.ConfigDict(base)
-
-
-def one_line_error(fn, *needles):
-  with pytest.raises(ValueError) as e:
-    fn()
-  msg = str(e.value)
-  assert "\n" not in msg, msg
-  for needle in needles:
-    assert needle in msg, msg
 
 
 def numbers(src):
