@@ -52,6 +52,13 @@ def build_run(config: ml_collections.ConfigDict) -> Run:
              total_steps)
 
 
+def resolved_sections(run: Run) -> dict[str, dict[str, Any]]:
+  """The method, model, optim, data and eval sections as validated: every declared field and the value used."""
+  c = run.config
+  return {"method": run.method.hp.to_dict(), "model": model_section(c.model), "optim": optim.optim_section(c.optim),
+          "data": sources.data_section(c.data, c.dataset), "eval": eval_monitors.validate_eval(c)}
+
+
 def _sample_batch(source: Any, n: int = 2) -> dict[str, np.ndarray]:
   examples = [source[i] for i in range(n)]
   return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
@@ -204,6 +211,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   workdir_lib.check_resumable(workdir, config)
   run = build_run(config)
   workdir_lib.write_config(workdir, config)
+  workdir_lib.write_resolved(workdir, resolved_sections(run))
   state, specs = init_state(run)
   train_step = make_train_step(run, specs, state)
   eval_cfg = settings.read(config, eval_monitors.SCHEMA)
@@ -212,8 +220,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   best_ckpt = (checkpoint.BestCheckpointer(os.path.join(workdir, "checkpoints_best"), config.best_metric,
                                            config.get("best_metric_mode", "max"))
                if config.get("best_metric", "") else None)
+  workers = sources.data_section(config.data, config.dataset)["worker_count"]
   loader = pipeline.make_loader(run.train_source, global_batch=config.batch_size, seed=config.seed, shuffle=True,
-                                num_epochs=None, worker_count=sources.data_section(config.data, config.dataset)["worker_count"])
+                                num_epochs=None, worker_count=workers)
   loader_iter = iter(loader)
   start = 0
   restored = ckpt.restore(state)

@@ -72,3 +72,15 @@ def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
   with open(tmp, "w") as f:
     f.write(config.to_json_best_effort(indent=2))
   os.replace(tmp, config_path(workdir))
+
+
+def write_resolved(workdir: str, sections: dict[str, Any]) -> None:
+  """Writes resolved.json (process 0): every declared field of each section with the value the run uses, defaults
+  included, so a run's effective settings are on record even where its config left them unset."""
+  if jax.process_index() != 0:
+    return
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, "resolved.json")
+  with open(path + ".tmp", "w") as f:
+    json.dump(sections, f, indent=2, sort_keys=True, default=repr)
+  os.replace(path + ".tmp", path)

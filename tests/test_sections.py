@@ -101,3 +101,20 @@ def test_bn_unset_gives_backbone_and_heads_one_axis(method):
   assert _bn_axes(c) == ("data", {"data"})   # one default, sync (SimCLR's global BN)
   c.model.bn = "local"
   assert _bn_axes(c) == (None, {None})
+
+
+def test_resolved_json_records_every_declared_field_with_its_default(tmp_path):
+  """Fields a config leaves unset are on record with the value the run uses (here the schema defaults)."""
+  import json  # pylint: disable=g-import-not-at-top
+  from cl_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  config = quickstart.get_config("runlocal")
+  with config.unlocked():
+    del config.method["proj_dim"]
+  sections = train.resolved_sections(train.build_run(config))
+  workdir_lib.write_resolved(str(tmp_path), sections)
+  with open(tmp_path / "resolved.json") as f:
+    resolved = json.load(f)
+  assert set(resolved) == {"method", "model", "optim", "data", "eval"}
+  assert resolved["method"]["proj_dim"] == 128 and resolved["method"]["temperature"] == config.method.temperature
+  assert resolved["model"]["bn"] == config.model.bn and "held_out_pairs" in resolved["data"]   # the shapes' field
+  assert resolved["eval"]["knn_k"] == config.eval.knn_k

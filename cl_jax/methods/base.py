@@ -2,8 +2,8 @@
 
 A method is a file under cl_jax/methods/ registered by name in methods/__init__.py, built as
 `Method(config, run_facts)`. It imports base, common (shared pieces: view checks, BN axis, the EMA copy,
-embedding_std), language_image (the two-tower helpers), memory_bank, losses/ and models/, never another method
-file (tests/test_layout.py checks it). The loop calls, in order:
+embedding_std), language_image (the two-tower helpers), memory_bank, shuffle_bn, losses/ and models/, never
+another method file (tests/test_layout.py checks it). The loop calls, in order:
 
   init(key, views)                        once, on the first batch's views (shapes only matter)
   state_sharding(state)                   once, how the state is laid out over the mesh
@@ -19,7 +19,8 @@ params). Everything `loss` gathers over 'data' it gathers itself; the loop adds 
 
 Metrics: `loss` returns scalars (the loop averages them over devices and logs them as train/<name>) plus the
 reserved key `"features"` (backbone features of the first view, [b, d]), which the loop pops, feeds to the online
-linear probe (config.online_probe) and never logs. `embedding_std` (common.embedding_std) is the collapse metric every method reports.
+linear probe (config.online_probe) and never logs. `embedding_std` (common.embedding_std) is the collapse
+metric every method reports.
 
 Language-image methods (language_image.LanguageImageMethod) add `encode_text(params, state, tokens)`,
 `encode_image_embedding(params, state, images)` (both L2-normalised, in the joint space) and a `tokenizer`;
