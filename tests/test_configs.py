@@ -3,14 +3,16 @@ import glob
 import importlib.util
 import json
 import os
+import pkgutil
 import subprocess
 import sys
 
+import chex
 import numpy as np
 import pytest
 from PIL import Image
 
-from cl_jax import train
+from cl_jax import methods, train
 from tests.harness import cli_one_line
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -29,10 +31,37 @@ def test_every_config_is_tested():
                                                      "simclr_v2_imagenet.py"}
 
 
+def recipe_methods() -> set[str]:
+  return {load_config(p, None).method.name for p in CONFIGS if not p.endswith("quickstart.py")}
+
+
+def test_every_registered_method_has_a_recipe_config():
+  """So the trace check below covers every method (each module imported, so none is missed)."""
+  for info in pkgutil.iter_modules(methods.__path__):
+    importlib.import_module(f"cl_jax.methods.{info.name}")
+  registered = {n for n in methods.METHODS.names() if methods.METHODS.get(n).__module__.startswith("cl_jax.")}
+  assert registered <= recipe_methods(), f"no configs/*.py recipe for {sorted(registered - recipe_methods())}"
+
+
+@pytest.fixture
+def traced_once(monkeypatch):
+  """Every method the loop builds has its loss and after_update wrapped in chex.assert_max_traces(n=1): a step
+  that retraces (a Python value or a dtype changing between steps) fails the run."""
+  chex.clear_trace_counter()   # the counter is keyed by source: inherited methods share one across tests
+  build = train.get_method
+
+  def get_method(config, run_facts):
+    method = build(config, run_facts)
+    method.loss = chex.assert_max_traces(method.loss, n=1)
+    method.after_update = chex.assert_max_traces(method.after_update, n=1)
+    return method
+  monkeypatch.setattr(train, "get_method", get_method)
+
+
 @pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
-def test_runlocal_trains_a_few_steps(path, tmp_path):
+def test_runlocal_trains_a_few_steps_and_traces_once(path, tmp_path, traced_once):
   config = load_config(path, "runlocal")
-  assert config.total_steps <= 5, "runlocal must be a few steps"
+  assert 3 <= config.total_steps <= 5, "runlocal must be a few steps (at least 3, for the trace check)"
   config.eval.every = -1   # training only; evaluation is covered by the loop's own tests
   history = train.train_and_evaluate(config, str(tmp_path))
   assert np.isfinite(history["loss"])

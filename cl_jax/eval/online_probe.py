@@ -28,9 +28,7 @@ def loss(params: dict[str, jax.Array], features: jax.Array, labels: jax.Array,
   logits = jax.lax.stop_gradient(features).astype(jnp.float32) @ params["kernel"] + params["bias"]
   ce = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
   acc = 100.0 * jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32))
-  if axis_name is not None:
-    ce, acc = jax.lax.pmean(ce, axis_name), jax.lax.pmean(acc, axis_name)
-  return ce, acc
+  return parallel.pmean(ce, axis_name), parallel.pmean(acc, axis_name)
 
 
 def update(probe: dict[str, Any], tx: optax.GradientTransformation, features: jax.Array,

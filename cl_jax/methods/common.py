@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from cl_jax import parallel
 from cl_jax.losses.contrastive import l2_normalize
 from cl_jax.methods.base import Views
 from cl_jax.models.registry import bn_axis_name
@@ -32,8 +33,7 @@ def embedding_std(z: jax.Array, axis_name: str | None = None) -> jax.Array:
   """Collapse metric (SimSiam, Chen & He 2021, Sec. 4.1): mean per-dimension batch std of z/||z||, ~1/sqrt(d) or 0."""
   z = l2_normalize(z)
   mean, sq = jnp.mean(z, axis=0), jnp.mean(z * z, axis=0)
-  if axis_name is not None:
-    mean, sq = jax.lax.pmean(mean, axis_name), jax.lax.pmean(sq, axis_name)
+  mean, sq = parallel.pmean(mean, axis_name), parallel.pmean(sq, axis_name)
   return jnp.mean(jnp.sqrt(jnp.maximum(sq - mean * mean, 0.0)))
 
 
