@@ -27,5 +27,6 @@ class Run:
   local_batch: int
   steps_per_epoch: int
   total_steps: int
+  sections: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)   # validated model/optim/data/eval
   _sample: Any = None   # (first examples, their views), computed once for init and the view grid
   cache: dict[str, Any] = dataclasses.field(default_factory=dict)   # jitted eval functions, compiled once per run

@@ -29,11 +29,11 @@ def build_run(config: ml_collections.ConfigDict) -> Run:
   mesh = parallel.make_mesh(config.get("parallel", {}).get("num_devices"))
   local_batch = parallel.check_batch_size(config.batch_size, mesh)
   method_class(config)   # an unknown method name fails before any data is built
-  eval_monitors.validate_eval(config)   # config.eval against every evaluator's declared fields
-  # Each section against its declared fields (the chosen backbone's, optimizer's, source's): one line per typo.
-  model_section(config.model)
-  optim.optim_section(config.optim)
-  data_cfg = sources.data_section(config.data, config.dataset)
+  # Each section against its declared fields (every evaluator's, the chosen backbone's, optimizer's, source's):
+  # one line per typo; validated once, kept on the Run.
+  sections = {"eval": eval_monitors.validate_eval(config), "model": model_section(config.model),
+              "optim": optim.optim_section(config.optim), "data": sources.data_section(config.data, config.dataset)}
+  data_cfg = sections["data"]
   train_source = sources.get_source(data_cfg, "train")
   has_test = eval_monitors.needs_test_split(train_source)
   test_source = sources.get_source(data_cfg, "test") if has_test else None
@@ -49,14 +49,12 @@ def build_run(config: ml_collections.ConfigDict) -> Run:
   tx, schedule = optim.build_optimizer(config.optim, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
                                        batch_size=config.batch_size)
   return Run(config, mesh, method, tx, schedule, train_source, test_source, local_batch, steps_per_epoch,
-             total_steps)
+             total_steps, sections)
 
 
 def resolved_sections(run: Run) -> dict[str, dict[str, Any]]:
   """The method, model, optim, data and eval sections as validated: every declared field and the value used."""
-  c = run.config
-  return {"method": run.method.hp.to_dict(), "model": model_section(c.model), "optim": optim.optim_section(c.optim),
-          "data": sources.data_section(c.data, c.dataset), "eval": eval_monitors.validate_eval(c)}
+  return {"method": run.method.hp.to_dict(), **run.sections}
 
 
 def _sample_batch(source: Any, n: int = 2) -> dict[str, np.ndarray]:
@@ -220,9 +218,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   best_ckpt = (checkpoint.BestCheckpointer(os.path.join(workdir, "checkpoints_best"), config.best_metric,
                                            config.get("best_metric_mode", "max"))
                if config.get("best_metric", "") else None)
-  workers = sources.data_section(config.data, config.dataset)["worker_count"]
   loader = pipeline.make_loader(run.train_source, global_batch=config.batch_size, seed=config.seed, shuffle=True,
-                                num_epochs=None, worker_count=workers)
+                                num_epochs=None, worker_count=run.sections["data"]["worker_count"])
   loader_iter = iter(loader)
   start = 0
   restored = ckpt.restore(state)

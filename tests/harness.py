@@ -158,6 +158,11 @@ def _put(mesh, tree, specs):
 def tiny_run(config, steps):
   """Metrics of `steps` training-loop steps (real augmentation, optimizer) on all 8 devices, the initial params
   (host copies) and the final train state."""
+  return train_steps(config, steps)[:3]
+
+
+def train_steps(config, steps):
+  """tiny_run's (metrics history, initial params, final state) and the loop's jitted step (to count compiles)."""
   run = train.build_run(config)
   state, specs = train.init_state(run)
   init_params = jax.device_get(state["params"])
@@ -168,7 +173,7 @@ def tiny_run(config, steps):
   for _ in range(steps):
     state, metrics = step_fn(state, parallel.host_to_global(next(it), run.mesh))
     history.append(jax.tree.map(float, jax.device_get(metrics)))
-  return history, init_params, state
+  return history, init_params, state, step_fn
 
 
 def assert_trees_close(a, b, rtol, atol):

@@ -7,10 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cl_jax import train
+from cl_jax import parallel, train
 from cl_jax.methods import METHODS
 from cl_jax.methods.simclr import SimCLR
-from tests.harness import tiny_config
+from tests.harness import tiny_config, train_steps
 
 
 def read_metrics(workdir):
@@ -70,18 +70,8 @@ def test_best_checkpoint_keeps_the_best_eval_step(tmp_path):
 
 def _losses(config, steps):
   """Losses of `steps` training steps, the jitted step and the final params (numpy)."""
-  run = train.build_run(config)
-  state, specs = train.init_state(run)
-  step_fn = train.make_train_step(run, specs)
-  from cl_jax.data import pipeline
-  from cl_jax import parallel
-  it = iter(pipeline.make_loader(run.train_source, global_batch=config.batch_size, seed=config.seed,
-                                 shuffle=True, num_epochs=None))
-  losses = []
-  for _ in range(steps):
-    state, metrics = step_fn(state, parallel.host_to_global(next(it), run.mesh))
-    losses.append(float(metrics["loss"]))
-  return losses, step_fn, parallel.to_host(state["params"])
+  history, _, state, step_fn = train_steps(config, steps)
+  return [h["loss"] for h in history], step_fn, parallel.to_host(state["params"])
 
 
 def _plain_sgd(config):
