@@ -2,7 +2,6 @@
 (Chen, Xie, He 2021)."""
 from __future__ import annotations
 
-import functools
 from typing import Sequence
 
 import jax
@@ -18,6 +17,7 @@ from cl_jax.methods.base import Method, RunFacts, Views
 from cl_jax.methods.common import bn_axis, cosine_momentum, ema_init, ema_step, embedding_std, momentum_field, two_views
 from cl_jax.models import build_backbone
 from cl_jax.models.encoder import Encoder
+from cl_jax.models.norm import batch_norm
 from cl_jax.models.registry import model_section
 
 
@@ -31,8 +31,7 @@ class MoCoV3MLP(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                             axis_name=self.bn_axis_name)
+    norm = batch_norm(train, self.bn_axis_name)
     x = x.astype(jnp.float32)
     for i, h in enumerate(self.hidden_dims):
       x = nn.relu(norm(name=f"bn{i + 1}")(nn.Dense(h, use_bias=False, name=f"dense{i + 1}")(x)))

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from cl_jax.models.norm import batch_norm
 from cl_jax.models.registry import parse_bn, parse_dtype, register
 from cl_jax.schema import Field
 from cl_jax.models.vit import interpolate_posemb
@@ -92,8 +93,7 @@ class ModifiedResNet(nn.Module):
                        "data.image_size >= 32.")
     conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
                              kernel_init=_conv_init)
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                             dtype=self.dtype, param_dtype=jnp.float32, axis_name=self.bn_axis_name)
+    norm = batch_norm(train, self.bn_axis_name, self.dtype)
     x = x.astype(self.dtype)
     pad = ((1, 1), (1, 1))
     for i, (ch, stride) in enumerate(((self.width // 2, 2), (self.width // 2, 1), (self.width, 1))):

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from cl_jax.models.norm import batch_norm
 from cl_jax.losses.contrastive import l2_normalize
 
 
@@ -39,8 +40,7 @@ class DINOHead(nn.Module):
     for i in range(self.num_layers - 1):
       x = dense(self.hidden_dim, name=f"dense{i + 1}")(x)
       if self.use_bn:
-        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
-                         param_dtype=jnp.float32, axis_name=self.bn_axis_name, name=f"bn{i + 1}")(x)
+        x = batch_norm(train, self.bn_axis_name, self.dtype)(name=f"bn{i + 1}")(x)
       x = nn.gelu(x, approximate=False)
     x = dense(self.bottleneck_dim, name=f"dense{self.num_layers}")(x)
     z = l2_normalize(x)

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from cl_jax.models.norm import batch_norm
 
 class MLP(nn.Module):
   """[Linear (+BN) + ReLU] per hidden layer, then Linear (+BN without affine if last_bn).
@@ -23,13 +24,12 @@ class MLP(nn.Module):
   bn_axis_name: str | None = None
   dtype: Any = jnp.float32
   last_bn_scale: bool = False
+  out_bias: bool | None = None   # the output Linear's bias; None: a bias unless BN follows
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=jnp.float32)
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
-                             epsilon=1e-5, dtype=self.dtype, param_dtype=jnp.float32,
-                             axis_name=self.bn_axis_name)
+    norm = batch_norm(train, self.bn_axis_name, self.dtype)
     x = x.astype(self.dtype)
     for i, h in enumerate(self.hidden_dims):
       x = dense(h, use_bias=not self.use_bn, name=f"dense{i + 1}")(x)
@@ -37,7 +37,8 @@ class MLP(nn.Module):
         x = norm(name=f"bn{i + 1}")(x)
       x = nn.relu(x)
     i = len(self.hidden_dims) + 1
-    x = dense(self.out_dim, use_bias=not self.last_bn, name=f"dense{i}")(x)
+    out_bias = not self.last_bn if self.out_bias is None else self.out_bias
+    x = dense(self.out_dim, use_bias=out_bias, name=f"dense{i}")(x)
     if self.last_bn:
       x = norm(use_bias=False, use_scale=self.last_bn_scale, name=f"bn{i}")(x)
     return x.astype(jnp.float32)
