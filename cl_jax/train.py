@@ -131,7 +131,7 @@ def make_train_step(run: Run, specs: Any, state: TrainState | None = None
       raise TypeError(f"{type(method).__name__}.loss returned a per-device loss; return the global loss "
                       "(lax.pmean/psum over 'data') so its gradient is the global-batch gradient.")
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
+    params = method.project_params(optax.apply_updates(state["params"], updates))
     method_state = method.after_update(params, method_state, step)
     features = metrics.pop("features", None)
     metrics = {(k if "/" in k else f"train/{k}"): v for k, v in metrics.items()}

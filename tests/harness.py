@@ -126,6 +126,7 @@ def make_method_step(method, state, views, num_devices: int | None = None, *, se
         lambda p: method.loss(p, state, views, jax.random.key(seed), step), has_aux=True)(params)
     metrics.pop("features", None)
     params, opt_state = _update(params, grads, opt_state, sgd_lr, tx)
+    params = method.project_params(params) if (sgd_lr is not None or tx is not None) else params
     after = method.after_update(params, after_loss, step)
     return StepOut(loss, grads, parallel.pmean_varying(metrics), after_loss, after, params, opt_state)
 

@@ -8,6 +8,7 @@ another method file (tests/test_layout.py checks it). The loop calls, in order:
   init(key, views)                        once, on the first batch's views (shapes only matter)
   state_sharding(state)                   once, how the state is laid out over the mesh
   loss(params, state, views, key, step)   per device inside shard_map over 'data', under jax.grad
+  project_params(params)                  per device, on the updated params (a constraint: unit-norm prototypes)
   after_update(params, state, step)       per device, after the optimizer update
   encode(params, state, images)           evaluation (kNN monitor, linear probe, plots), inference mode
 
@@ -94,6 +95,10 @@ class Method(abc.ABC):
     """Runs after the optimizer update (EMA targets, queue pushes); identity by default."""
     del params, step
     return state
+
+  def project_params(self, params: Params) -> Params:
+    """Runs on the params right after each optimizer update (SwAV's unit-norm prototypes); identity by default."""
+    return params
 
   def state_sharding(self, state: State) -> Any:
     """PartitionSpecs for the state (a prefix pytree); replicated by default."""

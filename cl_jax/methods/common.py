@@ -1,4 +1,5 @@
-"""Pieces several methods share (no method file imports another): BN axis, 2-view check, the EMA copy, embedding_std."""
+"""Pieces several methods share (no method file imports another): BN axis, 2-view check, crop roles, the EMA copy,
+embedding_std."""
 from __future__ import annotations
 
 from typing import Any
@@ -9,6 +10,7 @@ import ml_collections
 import optax
 
 from cl_jax import parallel
+from cl_jax.data.augment import view_groups
 from cl_jax.losses.contrastive import l2_normalize
 from cl_jax.methods.base import Views
 from cl_jax.models.registry import bn_axis_name
@@ -18,6 +20,21 @@ from cl_jax.schema import Field
 def bn_axis(config: ml_collections.ConfigDict) -> str | None:
   """The heads' BatchNorm axis, the backbone's: the one declared model.bn ('data' when sync, None when local)."""
   return bn_axis_name(config.model)
+
+
+def crop_roles(recipe: ml_collections.ConfigDict, method: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+  """Indices in views["crops"] of the global and local crop groups, by the role each group declares (multi-crop,
+  SwAV Sec. 3.2, DINO Sec. 3.1): a one-line error if a group declares none or none is global."""
+  groups = view_groups(recipe)
+  unset = [name for name, g in groups if not g.role]
+  if unset:
+    raise ValueError(f"{method} needs every crop group to declare its role; set config.augment['{unset[0]}'].role "
+                     "to 'global' (large crops) or 'local' (small crops).")
+  global_groups = tuple(i for i, (_, g) in enumerate(groups) if g.role == "global")
+  if not global_groups:
+    raise ValueError(f"{method} has no global crops: no group of config.augment has role='global'; set it on the "
+                     "large crops, e.g. config.augment['global'].role='global'.")
+  return global_groups, tuple(i for i, (_, g) in enumerate(groups) if g.role == "local")
 
 
 def two_views(views: Views, name: str) -> jax.Array:
