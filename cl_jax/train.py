@@ -259,6 +259,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   ckpt_every = config.get("checkpoint_every", 1000)
   guard = preemption.PreemptionGuard()
   step = start
+  warned: set[str] = set()
   try:
     while step < run.total_steps:
       state, metrics = train_step(state, next(batches))
@@ -278,6 +279,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         reporter.write(step, {**metrics, "lr": lr, "images_per_sec": ips})
         reporter.progress(step, metrics["loss"], lr, ips, sps)
         history.update(metrics)
+        if (warning := run.method.health(metrics, step)) and warning not in warned:
+          warned.add(warning)
+          reporter.say(f"step {step:>6}: warning: {warning}")
       if is_ckpt:
         ckpt.save(step, state, loader_iter.get_state())
       if stop:

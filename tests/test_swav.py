@@ -133,3 +133,12 @@ def test_a_full_queue_changes_the_codes_and_an_empty_one_does_not():
   full = method_step(method, params, {**state, "queue": past, "filled": jnp.asarray(64, jnp.int32)}, views, 8)
   assert abs(float(full.loss) - float(empty.loss)) > 1e-3
   assert float(full.metrics["queue_used"]) == 1.0
+
+
+def test_health_warns_when_the_loss_is_stuck_at_log_k_or_codes_collapse():
+  method = build_method(_config(), steps_per_epoch=10)
+  log_k = np.log(20)
+  assert method.health({"loss": log_k, "train/code_entropy": log_k}, step=5) is None        # first two epochs
+  assert method.health({"loss": 0.5 * log_k, "train/code_entropy": 0.9 * log_k}, step=50) is None
+  assert "still at log K" in method.health({"loss": log_k, "train/code_entropy": log_k}, step=50)
+  assert "few prototypes" in method.health({"loss": 0.5 * log_k, "train/code_entropy": 0.1}, step=50)

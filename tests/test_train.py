@@ -130,13 +130,19 @@ class NanAtStep3(SimCLR):
     loss, aux = super().loss(params, state, views, key, step)
     return jnp.where(step >= 2, jnp.nan, loss), aux
 
+  def health(self, metrics, step):
+    return f"test warning ({metrics['loss'] > 0})" if step >= 1 else None
 
-def test_nan_loss_stops_with_step_and_keeps_checkpoint(tmp_path):
+
+def test_nan_loss_stops_with_step_and_keeps_checkpoint(tmp_path, capsys):
   c = tiny_config(total_steps=6, log_every=1, checkpoint_every=2)
   c.method.name = "test_nan_at_step_3"
   with pytest.raises(FloatingPointError, match=r"at step 3; the last checkpoint \(step 2\) is intact"):
     train.train_and_evaluate(c, str(tmp_path))
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]
+  # Method.health's warning, printed once (steps 1 and 2 both warn) with the logged metrics
+  out = capsys.readouterr().out
+  assert "step      1: warning: test warning (True)" in out and out.count("warning: test warning") == 1
 
 
 @pytest.mark.parametrize("key,value,message", [

@@ -11,6 +11,7 @@ another method file (tests/test_layout.py checks it). The loop calls, in order:
   project_params(params)                  per device, on the updated params (a constraint: unit-norm prototypes)
   after_update(params, state, step)       per device, after the optimizer update
   encode(params, state, images)           evaluation (kNN monitor, linear probe, plots), inference mode
+  health(metrics, step)                   host side at each log step: a warning line, or None
 
 Where state changes: queue pushes, memory-bank rows and DINO's centre are written in `loss` (they need this
 step's keys/outputs; the new state is returned beside the metrics and carries no gradient); the EMA copy of the
@@ -99,6 +100,12 @@ class Method(abc.ABC):
   def project_params(self, params: Params) -> Params:
     """Runs on the params right after each optimizer update (SwAV's unit-norm prototypes); identity by default."""
     return params
+
+  def health(self, metrics: dict[str, float], step: int) -> str | None:
+    """A warning for the log (host side, at each log step) when the logged metrics show a failure the loss value
+    hides, e.g. SwAV's loss stuck at log K; None when healthy (the default)."""
+    del metrics, step
+    return None
 
   def state_sharding(self, state: State) -> Any:
     """PartitionSpecs for the state (a prefix pytree); replicated by default."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from cl_jax import parallel
 from cl_jax.losses.swav import code_entropy, sinkhorn, swapped_prediction
@@ -106,6 +107,20 @@ class SwAV(Method):
     started = step >= self.queue_start
     return {"queue": jnp.where(started, queue, state["queue"]), "ptr": jnp.where(started, ptr, state["ptr"]),
             "filled": jnp.minimum(state["filled"] + started * keys.shape[0], self.queue_length)}
+
+  def health(self, metrics, step):
+    """Collapse (Sec. 3.1: the equipartition constraint is what prevents it): the loss at log K after two epochs
+    means uniform predictions; a mean-code entropy far below log K means few prototypes take every sample."""
+    log_k = float(np.log(int(self.hp.num_prototypes)))
+    if step < 2 * self.steps_per_epoch:
+      return None
+    if metrics.get("loss", 0.0) > 0.99 * log_k:
+      return (f"SwAV loss {metrics['loss']:.3f} is still at log K = {log_k:.3f}: the predictions are uniform "
+              "(collapse); lower optim.lr or method.temperature, or check optim.frozen_steps.")
+    if metrics.get("train/code_entropy", log_k) < 0.5 * log_k:
+      return (f"SwAV codes use few prototypes (entropy {metrics['train/code_entropy']:.2f} of log K = {log_k:.2f});"
+              " raise method.epsilon or sinkhorn_iters.")
+    return None
 
   def encode(self, params, state, images):
     return self.model.apply({"params": params, "batch_stats": state["batch_stats"]}, images, train=False,
