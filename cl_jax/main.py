@@ -6,6 +6,7 @@ is one line on stderr, `error: ...`, and exit status 2; `--verbose` or CL_JAX_DE
 from __future__ import annotations
 
 import importlib.util
+import keyword
 import os
 import sys
 
@@ -67,6 +68,21 @@ def _unknown_override(argv: list[str]) -> str | None:
   return None
 
 
+def _keyword_override(argv: list[str]) -> str | None:
+  """For `--config.augment.global.x=v`: absl parses the path as Python, where `global` is a keyword."""
+  for a in argv:
+    if a.startswith("--config."):
+      path, eq, value = a[len("--config."):].partition("=")
+      keys = path.split(".")
+      bad = [k for k in keys if keyword.iskeyword(k)]
+      if bad:
+        fixed = ".".join(keys[:keys.index(bad[0])]) + f"['{bad[0]}']" + "".join(
+            f".{k}" for k in keys[keys.index(bad[0]) + 1:])
+        return (f"--config.{path}: '{bad[0]}' is a Python keyword, which absl cannot parse in a key path; write "
+                f"--config.{fixed}{eq}{value}")
+  return None
+
+
 def _fail(message: str) -> None:
   print(f"error: {message}", file=sys.stderr)
   sys.exit(USAGE_ERROR)
@@ -90,7 +106,7 @@ def parse_flags(argv: list[str]) -> list[str]:
     if _debug(argv):
       raise
     inner = _innermost(e)
-    message = _unknown_override(argv)
+    message = _keyword_override(argv) or _unknown_override(argv)
     if message is None:
       if isinstance(inner, FileNotFoundError):
         message = f"no such file: {inner.filename}; check the --config path."

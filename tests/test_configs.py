@@ -74,6 +74,13 @@ def test_config_argument_typo_is_one_line():
     load_config(CONFIGS[0], "runlokal")
 
 
+def test_cli_override_through_a_keyword_key_names_the_bracket_form(tmp_path):
+  line = cli_one_line("--config=configs/quickstart.py:runlocal", "--config.augment.global.jitter_strength=1.0",
+                      workdir=str(tmp_path / "w"))
+  assert "'global' is a Python keyword" in line
+  assert "--config.augment['global'].jitter_strength=1.0" in line
+
+
 def test_cli_trains_on_an_image_folder_and_reports_knn(tmp_path):
   rng = np.random.default_rng(0)
   for split, n in (("train", 24), ("test", 8)):
