@@ -63,6 +63,15 @@ def steps():
   return config, params, state, step(8), step(1)
 
 
+def test_heads_are_the_official_mlp(steps):
+  """Projector and predictor: Linear-BN-ReLU-Linear with no bias on the output Linear (deepmind/byol networks.py)."""
+  _, params, _, _, _ = steps
+  for head in (params["encoder"]["head"], params["predictor"]):
+    assert set(head) == {"dense1", "bn1", "dense2"}
+    assert set(head["dense2"]) == {"kernel"}, head["dense2"].keys()   # no output bias
+    assert set(head["dense1"]) == {"kernel"}   # the BN's shift replaces the first Linear's bias
+
+
 def test_method_step_eight_devices_equal_one_device(steps):
   _, _, _, out8, out1 = steps
   np.testing.assert_allclose(out8.loss, out1.loss, rtol=1e-5)

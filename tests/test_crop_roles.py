@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from cl_jax.data import augment as A
-from cl_jax.methods.dino import crop_roles
+from cl_jax.methods.common import crop_roles
 from configs import dino_cifar10, dino_imagenet, quickstart
 from tests.harness import build_method
 from tests.test_dino import dino_config, dino_step
@@ -38,7 +38,7 @@ def test_view_groups_follow_make_views_order():
 @pytest.mark.parametrize("config", [dino_imagenet.get_config(), dino_imagenet.get_config("arch=resnet50"),
                                     dino_cifar10.get_config("runlocal"), quickstart.get_config("method=dino")])
 def test_dino_recipes_declare_their_global_crops(config):
-  assert crop_roles(config.augment) == ((0,), (1,))
+  assert crop_roles(config.augment, "DINO") == ((0,), (1,))
   (_, global_group), (_, local_group) = A.view_groups(config.augment)
   assert global_group.scale[1] > local_group.scale[1]   # the large crops are the global ones
 

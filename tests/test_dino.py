@@ -225,3 +225,23 @@ def test_tiny_multicrop_run_freezes_last_layer_then_trains_it():
   assert changed(history[1]["dense1"], history[0]["dense1"])
   assert changed(history[1]["teacher"], history[0]["teacher"])   # the EMA moved the teacher
   assert changed(history[1]["center"], history[0]["center"])
+
+
+def test_knn_monitor_reports_the_students_figure_next_to_the_teachers():
+  from cl_jax.eval import features, monitors   # pylint: disable=g-import-not-at-top
+  run = train.build_run(dino_config(**{"total_steps": 2}))
+  state, specs = train.init_state(run)
+  # A teacher unlike the student: the student re-initialised from another key (the teacher keeps the first).
+  other, _ = train.init_state(train.build_run(dino_config(**{"total_steps": 2, "seed": 1})))
+  state = {**state, "params": other["params"],
+           "method_state": {**state["method_state"], "batch_stats": other["method_state"]["batch_stats"]}}
+  result = monitors.knn_monitor(run, state, specs)
+  teacher = monitors.evaluate_knn(run, features.make_encode(run, specs), state)
+  # The student's figure through the teacher's path: the same run with the student copied into the teacher.
+  as_teacher = {**state, "method_state": {**state["method_state"], "ema": {
+      "params": state["params"], "batch_stats": state["method_state"]["batch_stats"]}}}
+  student = monitors.evaluate_knn(run, features.make_encode(run, specs), as_teacher)
+  assert teacher["eval/knn_top1"] != student["eval/knn_top1"]   # else the test could not tell them apart
+  assert result["eval/knn_top1"] == teacher["eval/knn_top1"]   # the main figure stays the teacher's
+  assert result["eval/knn_top1_student"] == student["eval/knn_top1"]
+  assert result["eval/knn_top5_student"] == student["eval/knn_top5"]

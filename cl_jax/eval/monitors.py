@@ -24,7 +24,10 @@ EVAL_SCHEMA = {**SCHEMA, **features.SCHEMA, **knn.SCHEMA, **linear.SCHEMA, **emb
                **zeroshot.SCHEMA, **retrieval.SCHEMA}
 
 # Progress-line names of the monitors' metrics.
-EVAL_NAMES = {"eval/knn_top1": "kNN top-1", "eval/knn_top5": "kNN top-5", "eval/zeroshot_top1": "zero-shot top-1",
+EVAL_NAMES = {"eval/knn_top1": "kNN top-1", "eval/knn_top5": "kNN top-5",
+              "eval/knn_top1_student": "student kNN top-1", "eval/knn_top5_student": "student kNN top-5",
+              "eval/knn_top1_teacher": "teacher kNN top-1", "eval/knn_top5_teacher": "teacher kNN top-5",
+              "eval/zeroshot_top1": "zero-shot top-1",
               "eval/zeroshot_top5": "zero-shot top-5", "eval/zeroshot_top1_seen": "zero-shot top-1 (seen pairs)",
               "eval/zeroshot_top1_unseen": "zero-shot top-1 (held-out pairs)",
               **{f"eval/{d}_r{k}": f"{d.replace('2', '->')} R@{k}" for d in ("i2t", "t2i") for k in retrieval.KS}}
@@ -68,7 +71,15 @@ def knn_monitor(run: Run, state: TrainState, specs: Any) -> dict[str, float]:
   """Weighted kNN (Wu et al. 2018) of test features against train features (the spine's monitor)."""
   if "encode" not in run.cache:
     run.cache["encode"] = features.make_encode(run, specs)
-  return evaluate_knn(run, run.cache["encode"], state)
+  result = evaluate_knn(run, run.cache["encode"], state)
+  # A method with a second network worth evaluating names it: {suffix: method fn}, e.g. DINO's student next to
+  # its teacher ({"student": "encode_student"} -> eval/knn_top1_student).
+  for suffix, fn in getattr(run.method, "knn_also", {}).items():
+    key = f"encode:{fn}"
+    if key not in run.cache:
+      run.cache[key] = features.make_encode(run, specs, fn)
+    result.update({f"{k}_{suffix}": v for k, v in evaluate_knn(run, run.cache[key], state).items()})
+  return result
 
 
 @MONITORS.register("zeroshot")

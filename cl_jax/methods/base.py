@@ -24,6 +24,9 @@ reserved key `"features"` (backbone features of the first view, [b, d]), which t
 linear probe (config.online_probe) and never logs. `embedding_std` (common.embedding_std) is the collapse
 metric every method reports.
 
+Optional: `knn_also = {suffix: method name}` asks the kNN monitor for a second figure from another network
+(DINO's student next to its teacher: eval/knn_top1_student).
+
 Language-image methods (language_image.LanguageImageMethod) add `encode_text(params, state, tokens)`,
 `encode_image_embedding(params, state, images)` (both L2-normalised, in the joint space) and a `tokenizer`;
 zero-shot classification and retrieval use only those.

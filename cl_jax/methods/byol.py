@@ -16,8 +16,10 @@ from cl_jax.models.heads import MLP
 
 
 def byol_mlp(hidden: int, out: int, bn_axis_name: str | None) -> MLP:
-  """BYOL's projector and predictor (Grill et al. 2020, Sec. 3.3): Linear(hidden)-BN-ReLU-Linear(out)."""
-  return MLP((hidden,), out, use_bn=True, last_bn=False, bn_axis_name=bn_axis_name)
+  """BYOL's projector and predictor (Grill et al. 2020, Sec. 3.3): Linear(hidden)-BN-ReLU-Linear(out), the output
+  Linear without a bias as the official code (deepmind/byol byol/utils/networks.py MLP: linear2 with_bias=False;
+  its first Linear's bias is cancelled by the BN that follows, so it is left out here)."""
+  return MLP((hidden,), out, use_bn=True, last_bn=False, bn_axis_name=bn_axis_name, out_bias=False)
 
 
 @METHODS.register("byol")

@@ -6,29 +6,14 @@ import jax.numpy as jnp
 import ml_collections
 
 from cl_jax import parallel
-from cl_jax.data.augment import view_groups
 from cl_jax.losses.distill import dino_loss, teacher_temperature, update_center
 from cl_jax.methods import METHODS
 from cl_jax.schema import Field
 from cl_jax.methods.base import Method, RunFacts, Views
-from cl_jax.methods.common import cosine_momentum, ema_init, ema_step, embedding_std, momentum_field
+from cl_jax.methods.common import cosine_momentum, crop_roles, ema_init, ema_step, embedding_std, momentum_field
 from cl_jax.models import build_backbone
 from cl_jax.models.dino_head import DINOHead, MultiCropEncoder
 from cl_jax.models.registry import bn_axis_name, model_section, parse_dtype
-
-def crop_roles(recipe: ml_collections.ConfigDict) -> tuple[tuple[int, ...], tuple[int, ...]]:
-  """Indices in views["crops"] of the global (teacher and student) and local (student only) crop groups, by the
-  role each group declares (DINO Sec. 3.1): a one-line error if a group declares none or none is global."""
-  groups = view_groups(recipe)
-  unset = [name for name, g in groups if not g.role]
-  if unset:
-    raise ValueError(f"DINO needs every crop group to declare its role; set config.augment['{unset[0]}'].role to "
-                     "'global' (teacher and student crops) or 'local' (student only).")
-  global_groups = tuple(i for i, (_, g) in enumerate(groups) if g.role == "global")
-  if not global_groups:
-    raise ValueError("DINO's teacher has no crops: no group of config.augment has role='global'; set it on the "
-                     "large crops, e.g. config.augment['global'].role='global'.")
-  return global_groups, tuple(i for i, (_, g) in enumerate(groups) if g.role == "local")
 
 
 @METHODS.register("dino")
@@ -60,7 +45,7 @@ class DINO(Method):
                     bn_axis_name=bn_axis_name(config.model),
                     dtype=parse_dtype(model_section(config.model)["dtype"]))
     self.model = MultiCropEncoder(backbone=build_backbone(config.model), head=head)
-    global_groups, local_groups = crop_roles(config.augment)
+    global_groups, local_groups = crop_roles(config.augment, "DINO")
     # Global crops first, for the student as for the teacher: dino_loss skips student crop t for teacher crop t.
     self.crop_order, self.num_teacher_groups = global_groups + local_groups, len(global_groups)
 
@@ -119,9 +104,23 @@ class DINO(Method):
     momentum = cosine_momentum(self.m.momentum, step, self.total_steps)
     return {**state, "ema": ema_step(state["ema"], params, momentum)}
 
+  @property
+  def knn_also(self) -> dict[str, str]:
+    """The kNN monitor's second figure: the network `encode` does not use (eval/knn_top1_student by default)."""
+    other = "student" if self.m.encode_with == "teacher" else "teacher"
+    return {other: f"encode_{other}"}
+
+  def encode_teacher(self, params, state, images):
+    """Backbone features of the EMA teacher (the official evaluation's network)."""
+    del params
+    return self.model.apply(state["ema"], images, train=False, method=MultiCropEncoder.features)
+
+  def encode_student(self, params, state, images):
+    """Backbone features of the student (the network the gradients train)."""
+    return self.model.apply({"params": params, "batch_stats": state["batch_stats"]}, images, train=False,
+                            method=MultiCropEncoder.features)
+
   def encode(self, params, state, images):
     if self.m.encode_with == "teacher":
-      variables = state["ema"]
-    else:
-      variables = {"params": params, "batch_stats": state["batch_stats"]}
-    return self.model.apply(variables, images, train=False, method=MultiCropEncoder.features)
+      return self.encode_teacher(params, state, images)
+    return self.encode_student(params, state, images)

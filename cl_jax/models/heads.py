@@ -10,6 +10,7 @@ from flax import linen as nn
 
 from cl_jax.models.norm import batch_norm
 
+
 class MLP(nn.Module):
   """[Linear (+BN) + ReLU] per hidden layer, then Linear (+BN without affine if last_bn).
 

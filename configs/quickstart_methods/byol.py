@@ -15,6 +15,12 @@ probe on the initial features: 17.8%). SimCLR under the same budget: shape 17.5 
 Also tried over 8 epochs (shape kNN at the end): batch 64 15.4; SGD lr 0.1 15.8; predictor lr x10 16.8; hue 0.5
 jitter at p 1.0 15.2 (+ grayscale 0.5, crop 0.2-1: 13.0); crop scale 0.08-1 12.1; 4096-256-4096 heads (the
 paper's) 13.9; batch 16 with lr 1e-3 over 4 epochs (2,500 steps) 13.2.
+Issue 11 (heads now as the official code: no bias on the output Linear, deepmind/byol networks.py; no collapse,
+train/embedding_std 0.076-0.077 of 1/sqrt(128) = 0.088 in every run; wall times on a machine shared 3 ways, about
+2x the time alone): 300 steps, these settings: 16.65 -> 17.35 (14.10 at step 100, 16.30 at 200), 6m27s; the same
+at 585 steps: 16.65 -> 14.90 (15.20 at 195, 16.10 at 390), so the 300-step gain is noise; 300 steps with SGD lr 0.1
+momentum 0.9 and coupled weight decay 5e-4: 16.65 -> 15.90, 6m12s. The EMA time constant (0.9 / 0.95 / 0.99),
+LARS and the predictor's lr were measured before (above): none moves shape kNN.
 """
 import ml_collections
 

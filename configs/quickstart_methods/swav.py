@@ -11,7 +11,7 @@ from cl_jax.data.augment import group
 
 def apply(c: ml_collections.ConfigDict) -> None:
   c.method = dict(name="swav", proj_hidden=512, proj_dim=128, num_prototypes=100, temperature=0.1, epsilon=0.05,
-                  sinkhorn_iters=3, queue_length=0)
+                  sinkhorn_iters=3, queue_length=0, queue_start_epoch=15)
   c.augment = ml_collections.ConfigDict({"global": group(size=32, views=2, scale=(0.5, 1.0), jitter_strength=0.5,
                                                          grayscale_p=0.2, blur_p=(0.0,), role="global")})
   c.optim.frozen = ("prototypes",)
