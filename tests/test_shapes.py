@@ -244,3 +244,17 @@ def test_bad_held_out_pairs(pairs, needle):
   with pytest.raises(ValueError, match=needle.replace("(", r"\(").replace(")", r"\)")) as err:
     shapes.held_out_ids(pairs)
   assert "\n" not in str(err.value)
+
+
+def test_mask_render_keeps_only_the_shape():
+  """data.render="mask": the white shape on black (shape, size, position survive; colour, background do not)."""
+  color = shapes.ShapesSource("train", num_examples=64, seed=3)
+  mask = shapes.ShapesSource("train", num_examples=64, seed=3, render="mask")
+  for i in (0, 17):
+    a, b = color[i], mask[i]
+    assert set(np.unique(b["image"])) <= {0, 255}
+    np.testing.assert_array_equal(b["image"][..., 0] == 255, a["mask"] > 0)
+    np.testing.assert_array_equal(b["label"], a["label"])
+    assert not np.array_equal(a["image"], b["image"])
+  with pytest.raises(ValueError, match="Unknown shapes render 'edges'; use one of: color, mask"):
+    shapes.ShapesSource("train", num_examples=4, render="edges")

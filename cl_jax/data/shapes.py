@@ -309,6 +309,9 @@ def generate(num: int, *, split: str = "train", seed: int = 0, image_size: int =
   return out
 
 
+RENDERS = ("color", "mask")
+
+
 class ShapesSource:
   """Grain-compatible random-access source of the `shapes` dataset, generated eagerly in memory.
 
@@ -330,8 +333,11 @@ class ShapesSource:
 
   def __init__(self, split: str = "train", *, num_examples: int | None = None,
                image_size: int = 32, seed: int = 0,
-               held_out_pairs: Sequence[Sequence[object]] = ()):
+               held_out_pairs: Sequence[Sequence[object]] = (), render: str = "color"):
     _check_args(split, seed, image_size)
+    if render not in RENDERS:
+      raise ValueError(f"Unknown shapes render {render!r}; use one of: {', '.join(RENDERS)} (mask: the white "
+                       "shape on black, a diagnostic where shape, size and position are the only signal).")
     if num_examples is None:
       num_examples = DEFAULT_NUM_EXAMPLES[split]
     if (isinstance(num_examples, bool) or not isinstance(num_examples, (int, np.integer))
@@ -342,6 +348,9 @@ class ShapesSource:
     self.held_out_pairs: tuple[tuple[int, int], ...] = held_out_ids(held_out_pairs)
     data = generate(int(num_examples), split=split, seed=seed, image_size=image_size,
                     held_out_pairs=self.held_out_pairs)
+    if render == "mask":
+      data["image"] = np.repeat(np.where(data["mask"] > 0, 255, 0).astype(np.uint8)[..., None], 3, axis=-1)
+    self.render = render
     self.captions: list[str] = list(data.pop("caption"))
     self.arrays: dict[str, np.ndarray] = data
 
@@ -373,6 +382,7 @@ class ShapesSource:
 
   def __repr__(self) -> str:
     held = f", held_out_pairs={len(self.held_out_pairs)}" if self.held_out_pairs else ""
+    held += f", render={self.render!r}" if self.render != "color" else ""
     return (f"ShapesSource(split={self.split!r}, num_examples={len(self)}, "
             f"image_size={self.image_size}, seed={self.seed}{held})")
 

@@ -55,7 +55,7 @@ SHARED: dict[str, Field] = {"image_size": Field(32, low=1), "seed": Field(0), "n
                             "num_test": Field(None), "worker_count": Field(0, low=0), "text": Field(None)}
 _FILES = {"on_bad_image": Field("skip", choices=("skip", "fail")), "holdout_frac": Field(0.1, low=0, high=1)}
 FIELDS: dict[str, dict[str, Field]] = {
-    "shapes": {**SHARED, "held_out_pairs": Field(())},
+    "shapes": {**SHARED, "held_out_pairs": Field(()), "render": Field("color", choices=("color", "mask"))},
     "folder": {**SHARED, **_FILES},
     "captions": {**SHARED, **_FILES, "class_folders": Field(False, choices=(True, False))},
     "webdataset": {**SHARED, **_FILES, "test_shards": Field(None)},
@@ -83,7 +83,8 @@ def _shapes(hp: dict[str, Any], split: str) -> Source:
   from cl_jax.data.shapes import ShapesSource  # pylint: disable=g-import-not-at-top
 
   return ShapesSource(split, num_examples=hp[f"num_{split}"], image_size=int(hp["image_size"]),
-                      seed=int(hp["seed"] or 0), held_out_pairs=tuple(hp["held_out_pairs"] or ()))
+                      seed=int(hp["seed"] or 0), held_out_pairs=tuple(hp["held_out_pairs"] or ()),
+                      render=str(hp["render"]))
 
 
 def tfds_split(dataset: str, split: str, data_cfg: Any = None) -> str:
