@@ -5,6 +5,7 @@
   python -m cl_jax.bench --config=configs/quickstart.py --what=loss      # NT-Xent forward+backward
   python -m cl_jax.bench --config=configs/quickstart.py --what=model     # backbone forward, forward+backward
   python -m cl_jax.bench --config=configs/quickstart.py:method=moco_v2 --what=memory   # state bytes per device
+  python -m cl_jax.bench --config=configs/quickstart.py:method=simclr --what=peer  # vs lightly (cl_jax/peer.py)
 
 Every measurement runs on the run's mesh (jit(shard_map) over 'data', the global batch split as in training),
 is compiled ahead of time (`lower().compile()`, timed as compile_s), warmed up, then timed `--repeats` times with
@@ -24,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from ml_collections import config_flags
 
@@ -33,7 +34,7 @@ from cl_jax.data import augment, sources
 from cl_jax.losses.contrastive import nt_xent
 from cl_jax.models import build_backbone
 
-WHATS = ("step", "augment", "loss", "model", "memory")
+WHATS = ("step", "augment", "loss", "model", "memory", "peer")
 Row = dict[str, Any]
 
 
@@ -365,6 +366,15 @@ def measure(config: ml_collections.ConfigDict, what: str, repeats: int = 10, war
   """The JSON rows of one --what, with the GEMM peak measured on this device first."""
   if what not in WHATS:
     raise ValueError(f"Unknown --what={what!r}; use one of: {', '.join(WHATS)}.")
+  if what == "peer":   # side by side with the reference implementation (cl_jax/peer.py), not a timing
+    from cl_jax import peer  # pylint: disable=g-import-not-at-top
+    f = flags.FLAGS
+    parsed = f.is_parsed()
+    if parsed and not f["verbosity"].present:
+      logging.set_verbosity(logging.WARNING)   # keep orbax/absl chatter out of the two runs' progress lines
+    return [peer.compare(config, python=(f.peer_python if parsed else "") or None,
+                         workdir=(f.peer_workdir if parsed else "") or None,
+                         eval_every=f.peer_eval_every if parsed else 0)]
   gemm_peak = gemm_peak_flops_per_sec(gemm_size, repeats) if what != "memory" else 0.0
   fn = {"step": bench_step, "augment": bench_augment, "loss": bench_loss, "model": bench_model,
         "memory": bench_memory}[what]
@@ -372,7 +382,11 @@ def measure(config: ml_collections.ConfigDict, what: str, repeats: int = 10, war
 
 
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/quickstart.py.", lock_config=True)
-flags.DEFINE_enum("what", "step", list(WHATS), "What to measure: step | augment | loss | model | memory.")
+flags.DEFINE_enum("what", "step", list(WHATS), "What to measure: step | augment | loss | model | memory | peer.")
+flags.DEFINE_string("peer_python", "", "--what=peer: the side Python with torch + lightly (default "
+                    "$CL_JAX_PEER_PYTHON, else ~/.cl_jax_peer/bin/python).")
+flags.DEFINE_string("peer_workdir", "", "--what=peer: where both runs go (default /tmp/cl_jax_peer/<method>).")
+flags.DEFINE_integer("peer_eval_every", 0, "--what=peer: kNN every this many steps (0: total_steps // 5).")
 flags.DEFINE_integer("repeats", 10, "Timed runs after warm-up; the median is reported.")
 flags.DEFINE_integer("warmup", 1, "Untimed runs after compiling.")
 flags.DEFINE_integer("gemm_size", 2048, "Side of the float32 matmul that measures the GEMM peak.")
@@ -386,6 +400,11 @@ def main(argv: list[str]) -> None:
   try:
     rows = measure(f.config, f.what, f.repeats, f.warmup, f.gemm_size)
   except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
+  except RuntimeError as e:   # --what=peer: the reference run failed (its stderr is printed above)
+    if f.what != "peer":
+      raise
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
   for row in rows:
