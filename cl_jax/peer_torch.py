@@ -5,7 +5,7 @@ Runs ONLY in the side environment (torch, torchvision, lightly; see docs/peer.md
   <side python> cl_jax/peer_torch.py --recipe=recipe.json --data=data.npz --out=DIR
 
 It imports nothing from cl_jax (whose dependencies the side environment does not have). Everything it trains
-comes from the recipe cl_jax/peer.py exports from the resolved config: the augment groups, AdamW with the
+comes from the recipe cl_jax/peer.py exports from the resolved config: the augment groups, AdamW or SGD with the
 warm-up + cosine schedule (per-step weight-decay schedule, per-parameter clipping, frozen and constant-lr
 parameter groups as cl_jax/optim.py), batch size, steps, seed, the model and the method's fields. At each of the
 recipe's eval steps it writes DIR/features_<step>.npz (backbone features of the train and test splits, BN in
@@ -497,14 +497,18 @@ def main() -> None:
   mean, std = r["normalize"]["mean"], r["normalize"]["std"]
   if m["name"] not in METHODS:
     raise SystemExit(f"error: no reference for method {m['name']}; have {', '.join(METHODS)}")
-  if o["name"] != "adamw" or int(o["grad_accum_steps"]) != 1:
-    raise SystemExit(f"error: the reference side has AdamW without accumulation, not {o['name']}")
+  if o["name"] not in ("adamw", "sgd") or int(o["grad_accum_steps"]) != 1:
+    raise SystemExit(f"error: the reference side has AdamW or SGD without accumulation, not {o['name']}")
   torch.manual_seed(int(r["seed"]))
   method = METHODS[m["name"]](m, r["model"], r)
   method.train()
   groups = param_groups(method, o)
-  opt = torch.optim.AdamW([{"params": g["params"]} for g in groups], lr=0.0, betas=(o["b1"], o["b2"]),
-                          eps=o["eps"], weight_decay=0.0)
+  if o["name"] == "adamw":
+    opt = torch.optim.AdamW([{"params": g["params"]} for g in groups], lr=0.0, betas=(o["b1"], o["b2"]),
+                            eps=o["eps"], weight_decay=0.0)
+  else:   # optax chain(add_decayed_weights, sgd(momentum)): coupled L2, buf = m buf + g, p -= lr buf
+    opt = torch.optim.SGD([{"params": g["params"]} for g in groups], lr=0.0, momentum=float(o["momentum"]),
+                          nesterov=bool(o["nesterov"]), weight_decay=0.0)
   frozen = tuple(o["frozen"] or ())
   frozen_params = [p for n, p in method.named_parameters() if p.requires_grad and any(s in n for s in frozen)]
   total, spe, batch = int(r["total_steps"]), int(r["steps_per_epoch"]), int(r["batch_size"])
