@@ -80,3 +80,19 @@ def instdisc_softmax(features: jax.Array, index: jax.Array, bank: jax.Array, tem
   lse, top = bank_logsumexp(f_all, jax.lax.stop_gradient(bank), temperature, jnp.full_like(pos, -jnp.inf),
                             axis_name, num_data)
   return jnp.mean(lse - pos), {"contrast_acc": jnp.mean((pos >= top).astype(jnp.float32))}
+
+
+def sampled_softmax(features: jax.Array, index: jax.Array, neg_index: jax.Array, bank: jax.Array,
+                    temperature: float, axis_name: str | None = None,
+                    dense: bool | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Softmax over the positive bank row and m sampled noise rows (CMC's official NCESoftmaxLoss, the "InfoNCE" of
+  CMC Eq. 2 with the bank as the contrast set): -log exp(v_i . f / t) / sum_{j in {i} + noise} exp(v_j . f / t),
+  mean over the global batch. Shapes as `instdisc_nce`.
+
+  Returns (loss, {"contrast_acc": fraction of examples whose positive scores above every noise row}).
+  """
+  f_all = parallel.all_gather(l2_normalize(features), axis_name)
+  idx = parallel.all_gather(jnp.concatenate([index[:, None], neg_index], axis=1).astype(jnp.int32), axis_name)
+  logits = bank_dots(f_all, bank, idx, axis_name, dense) / temperature                 # [B, m+1], positive first
+  loss = jnp.mean(jax.nn.logsumexp(logits, axis=1) - logits[:, 0])
+  return loss, {"contrast_acc": jnp.mean((logits[:, 0] >= jnp.max(logits[:, 1:], axis=1)).astype(jnp.float32))}

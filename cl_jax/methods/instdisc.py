@@ -19,16 +19,6 @@ from cl_jax.models.heads import MLP
 _LOSSES = ("nce", "softmax")
 
 
-def bank_size(config: ml_collections.ConfigDict, num_train: int = 0) -> int:
-  """Rows of the memory bank = training examples: config.method.bank_size, else the training split's size (given
-  by the loop), else config.data.num_train."""
-  n = config.method.get("bank_size", 0) or num_train or config.data.get("num_train", 0)
-  if not n:
-    raise ValueError("InstDisc needs the number of training examples for its memory bank; set "
-                     "method.bank_size to the size of the training split (e.g. 50000 for CIFAR-10).")
-  return int(n)
-
-
 @METHODS.register("instdisc")
 class InstDisc(Method):
   """InstDisc (Wu et al. 2018): one crop per image, 128-d L2-normalised features, a memory bank of every training
@@ -52,17 +42,13 @@ class InstDisc(Method):
 
   @property
   def num_data(self) -> int:
-    return bank_size(self.config, self.num_train)
+    return memory_bank.num_rows(self.config, self.num_train, "InstDisc")
 
   def init(self, key: jax.Array, views: Views):
     bkey, mkey = jax.random.split(key)
     variables = self.model.init(mkey, views["crops"][0][0], train=False)
-    # Official init: uniform in +-1/sqrt(D/3), so E||v||^2 = 1; rows become unit vectors once visited.
-    stdv = 1.0 / (self.dim / 3) ** 0.5
-    # Padded to a multiple of the devices so the rows split evenly; padding rows are never sampled or scored.
-    n_dev = self.run_facts.num_devices   # the mesh's size, not every device the process sees
-    rows = -(-self.num_data // n_dev) * n_dev
-    bank = jax.random.uniform(bkey, (rows, self.dim), jnp.float32, -stdv, stdv)
+    # padded to the mesh's size, not every device the process sees
+    bank = memory_bank.uniform_bank(bkey, self.num_data, self.dim, self.run_facts.num_devices)
     return variables["params"], {"batch_stats": variables.get("batch_stats", {}), "bank": bank,
                                  "z": -jnp.ones((), jnp.float32)}
 

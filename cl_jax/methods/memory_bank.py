@@ -18,6 +18,25 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from cl_jax import parallel
 
 
+def num_rows(config: Any, num_train: int, method: str) -> int:
+  """Rows of a per-example memory bank = training examples: config.method.bank_size, else the training split's
+  size (given by the loop), else config.data.num_train; a one-line error naming the fix if none is known."""
+  n = config.method.get("bank_size", 0) or num_train or config.data.get("num_train", 0)
+  if not n:
+    raise ValueError(f"{method} needs the number of training examples for its memory bank; set "
+                     "method.bank_size to the size of the training split (e.g. 50000 for CIFAR-10).")
+  return int(n)
+
+
+def uniform_bank(key: jax.Array, num_data: int, dim: int, num_devices: int) -> jax.Array:
+  """A bank of `num_data` rows initialised as the official NCEAverage (uniform in +-1/sqrt(D/3), so E||v||^2 = 1;
+  rows become unit vectors once visited), padded to a multiple of the devices so the rows split evenly (padding
+  rows are never sampled or scored)."""
+  stdv = 1.0 / (dim / 3) ** 0.5
+  rows = -(-num_data // num_devices) * num_devices
+  return jax.random.uniform(key, (rows, dim), jnp.float32, -stdv, stdv)
+
+
 def check_rows(name: str, rows: int, num_devices: int, fix: str) -> None:
   """Fails in one line when a bank of `rows` cannot be split evenly over the devices."""
   if rows % num_devices:
