@@ -12,7 +12,8 @@ from cl_jax.schema import Field
 from cl_jax.methods.base import Method, RunFacts, Views
 from cl_jax.methods.common import cosine_momentum, crop_roles, ema_init, ema_step, embedding_std, momentum_field
 from cl_jax.models import build_backbone
-from cl_jax.models.dino_head import DINOHead, MultiCropEncoder
+from cl_jax.models.dino_head import DINOHead
+from cl_jax.models.encoder import MultiCropEncoder
 from cl_jax.models.registry import bn_axis_name, model_section, parse_dtype
 
 

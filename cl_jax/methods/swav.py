@@ -12,7 +12,7 @@ from cl_jax.methods import METHODS, memory_bank
 from cl_jax.methods.base import Method, RunFacts, Views
 from cl_jax.methods.common import crop_roles, embedding_std
 from cl_jax.models import build_backbone
-from cl_jax.models.dino_head import MultiCropEncoder
+from cl_jax.models.encoder import MultiCropEncoder
 from cl_jax.models.registry import bn_axis_name, model_section, parse_dtype
 from cl_jax.models.swav_head import SwAVHead, normalize_prototypes
 from cl_jax.schema import Field

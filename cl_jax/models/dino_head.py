@@ -1,8 +1,8 @@
-"""DINO projection head and the multi-crop wrapper (Caron et al. 2021, Sec. 3.1 and App. C; official DINOHead)."""
+"""DINO projection head (Caron et al. 2021, Sec. 3.1 and App. C; official DINOHead)."""
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -51,21 +51,3 @@ class DINOHead(nn.Module):
     logits = nn.WeightNorm(last, use_scale=not self.norm_last_layer, feature_axes=-1,
                            name="last_layer_norm")(z)
     return z, logits.astype(jnp.float32)
-
-
-class MultiCropEncoder(nn.Module):
-  """Backbone run once per resolution group, head run once on the concatenated features (DINO's
-  MultiCropWrapper, Sec. 3.1 multi-crop)."""
-  backbone: nn.Module
-  head: nn.Module
-
-  @nn.compact
-  def __call__(self, groups: Sequence[jax.Array], train: bool) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """groups: [n_g, H_g, W_g, C] per resolution -> (backbone features, head bottleneck, logits), rows in order."""
-    feats = jnp.concatenate([self.backbone(x, train=train) for x in groups], axis=0)
-    z, logits = self.head(feats, train=train)
-    return feats, z, logits
-
-  def features(self, x: jax.Array, train: bool = False) -> jax.Array:
-    """Backbone features only (evaluation)."""
-    return self.backbone(x, train=train)
