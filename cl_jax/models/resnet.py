@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from cl_jax.models.norm import batch_norm
+from cl_jax.models.norm import NORMS, batch_norm, layer_norm
 from cl_jax.models.registry import parse_bn, parse_dtype, register
 from cl_jax.schema import Field
 
@@ -52,7 +52,9 @@ class ResNet(nn.Module):
   max-pool (half resolution: cheaper than 'cifar', finer than 'imagenet' on tiny images); `bn_axis_name='data'` synchronises
   BatchNorm statistics over that mesh axis (train=True then needs shard_map; init with train=False
   works anywhere); `zero_init_last_bn` zero-inits each block's last BN gamma (Goyal et al. 2017,
-  Sec. 5.1).
+  Sec. 5.1). `norm='layer'` replaces every BatchNorm by a per-example LayerNorm (CPC v2, Henaff et al. 2020,
+  Sec. 4.1: BN would let the patches of one image see each other); no batch statistics then. It is a module
+  attribute, not a config field: the one method that needs it (cpc_v2) sets it with `backbone.clone(norm=...)`.
   """
   stage_sizes: Sequence[int]
   bottleneck: bool = False
@@ -63,6 +65,7 @@ class ResNet(nn.Module):
   dtype: Any = jnp.float32
   zero_init_last_bn: bool = True
   arch: str = "resnet"
+  norm: str = "batch"
 
   def stage_channels(self, i: int) -> int:
     """Block width of stage i (before the bottleneck's x4 expansion)."""
@@ -97,7 +100,9 @@ class ResNet(nn.Module):
     self._check_input(x)
     conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
                              kernel_init=_conv_init)
-    norm = batch_norm(train, self.bn_axis_name, self.dtype)
+    if self.norm not in NORMS:
+      raise ValueError(f"Unknown norm '{self.norm}' for {self.arch}; use one of: {', '.join(NORMS)}.")
+    norm = batch_norm(train, self.bn_axis_name, self.dtype) if self.norm == "batch" else layer_norm(self.dtype)
     x = x.astype(self.dtype)
     c0 = self.stage_channels(0)
     if self.stem == "imagenet":
