@@ -35,6 +35,7 @@ REFERENCES = {
     "byol": "lightly BYOLProjectionHead/BYOLPredictionHead + NegativeCosineSimilarity + update_momentum",
     "simsiam": "lightly ProjectionHead/SimSiamPredictionHead + NegativeCosineSimilarity",
     "dino": "lightly DINOProjectionHead + DINOLoss + update_momentum",
+    "swav": "lightly SwaVProjectionHead + SwaVPrototypes (no bias, unit norm) + SwaVLoss (Sinkhorn)",
 }
 VERSIONS = {"torch": "2.14.1", "torchvision": "0.29.1", "lightly": "1.6.0"}
 DEFAULT_VENV = "~/.cl_jax_peer"

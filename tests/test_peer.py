@@ -49,6 +49,15 @@ def test_recipe_keeps_per_view_probabilities_and_method_defaults():
   assert rec["eval"]["steps"] == [0, 3]
 
 
+def test_swav_recipe_freezes_the_prototypes_for_the_first_epoch():
+  rec = peer.recipe(train.build_run(_config("method=swav")), eval_every=0)
+  assert rec["method"] == {"name": "swav", "proj_hidden": 512, "proj_dim": 128, "num_prototypes": 100,
+                           "temperature": 0.1, "epsilon": 0.05, "sinkhorn_iters": 3, "queue_length": 0,
+                           "queue_start_epoch": 15}
+  assert rec["optim"]["frozen"] == ["prototypes"] and rec["optim"]["frozen_steps"] == rec["steps_per_epoch"] == 39
+  assert [g["role"] for g in rec["augment"]] == ["global"] and rec["total_steps"] == 585
+
+
 def test_eval_steps_are_the_training_loops():
   assert peer.eval_steps(585, 117) == [0, 117, 234, 351, 468, 585]
   assert peer.eval_steps(10, 4) == [0, 4, 8, 10]
@@ -153,7 +162,7 @@ def test_cli_missing_side_environment(tmp_path):
 def test_cli_method_without_a_reference():
   line = harness.cli_one_line("--config=configs/quickstart.py:method=instdisc,runlocal", "--what=peer",
                               module="cl_jax.bench", status=1)
-  assert "method 'instdisc' has no reference" in line and "simclr, moco_v2, byol, simsiam, dino" in line
+  assert "method 'instdisc' has no reference" in line and "simclr, moco_v2, byol, simsiam, dino, swav" in line
 
 
 def _imports(path):
@@ -167,11 +176,13 @@ def _imports(path):
 
 
 def test_torch_stays_on_the_reference_side():
-  """peer.py (imported by cl_jax) never imports torch; peer_torch.py (run by the side Python) never cl_jax."""
+  """peer.py (imported by cl_jax) never imports torch; peer_torch.py and its views module (run by the side Python)
+  never cl_jax."""
   assert not _imports(ROOT / "cl_jax" / "peer.py") & {"torch", "torchvision", "lightly"}
   assert not _imports(ROOT / "cl_jax" / "bench.py") & {"lightly"}
   side = _imports(ROOT / "cl_jax" / "peer_torch.py")
-  assert "cl_jax" not in side and {"torch", "lightly"} <= side
+  assert "cl_jax" not in side and {"torch", "lightly", "peer_torch_views"} <= side
+  assert "cl_jax" not in _imports(ROOT / "cl_jax" / "peer_torch_views.py")
 
 
 def _side_python():
@@ -189,3 +200,60 @@ def test_end_to_end_on_a_few_steps(tmp_path, method):
   assert all(r["cl_jax"] is not None and 0 <= r["reference"] <= 100 for r in result["curve"])
   assert set(result["attributes"]["reference"]) == set(result["attributes"]["cl_jax"]) >= {"shape", "color"}
   assert json.load(open(tmp_path / "peer.json"))["method"] == method
+
+
+_SWAV_SIDE = """
+import json, sys
+import numpy as np, torch
+sys.path.insert(0, sys.argv[1])
+import peer_torch
+r = json.load(open(sys.argv[2]))
+torch.manual_seed(0)
+method = peer_torch.SwAV(r["method"], r["model"], r)
+method.train()
+groups = [torch.randn(16, 2, 3, 32, 32)]
+with torch.no_grad():
+  high, low = method.scores(groups)
+  loss = method.loss(groups, 0)
+  frozen = [n for n, p in method.named_parameters() if any(s in n for s in r["optim"]["frozen"])]
+  norm_init = method.prototypes.heads[0].weight.norm(dim=1)
+  method.prototypes.heads[0].weight.mul_(3.0)
+  method.after_step(0)
+  norm_after = method.prototypes.heads[0].weight.norm(dim=1)
+np.savez(sys.argv[3], scores=torch.stack(high).numpy(), num_low=len(low), loss=float(loss),
+         norm_init=norm_init.numpy(), norm_after=norm_after.numpy(), frozen=np.array(frozen))
+"""
+
+
+@pytest.mark.skipif(_side_python() is None, reason="no side environment (docs/peer.md); CI has no torch")
+def test_reference_swav_is_cl_jaxs_loss_on_unit_prototypes(tmp_path):
+  """The reference's SwAV loss on its own prototype scores equals cl_jax's sinkhorn + swapped_prediction with the
+  recipe's temperature, epsilon and iterations; prototypes are unit vectors without bias, renormalised after a
+  step, and the recipe's optim.frozen names exactly the prototypes."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from cl_jax.losses import swav  # pylint: disable=g-import-not-at-top
+
+  rec = peer.recipe(train.build_run(_config("method=swav,runlocal")), eval_every=0)
+  (tmp_path / "recipe.json").write_text(json.dumps(rec))
+  out = tmp_path / "side.npz"
+  subprocess.run([_side_python(), "-c", _SWAV_SIDE, str(ROOT / "cl_jax"), str(tmp_path / "recipe.json"), str(out)],
+                 check=True, capture_output=True)
+  side = np.load(out)
+  m = rec["method"]
+  scores = side["scores"]                                       # [2, 16, K]: both global crops, no local ones
+  assert scores.shape == (2, 16, m["num_prototypes"]) and int(side["num_low"]) == 0
+  assert np.abs(scores).max() <= 1 + 1e-5 and np.abs(scores).max() > 0.05   # unit z . unit prototypes, no bias
+
+  def cl_jax_loss(temperature, epsilon, iters):
+    codes = jnp.stack([swav.sinkhorn(jnp.asarray(s), epsilon, iters) for s in scores])
+    return float(swav.swapped_prediction(jnp.asarray(scores), codes, temperature))
+
+  want = cl_jax_loss(m["temperature"], m["epsilon"], m["sinkhorn_iters"])
+  np.testing.assert_allclose(float(side["loss"]), want, rtol=1e-5)
+  for wrong in ((0.2, m["epsilon"], m["sinkhorn_iters"]), (m["temperature"], 0.1, m["sinkhorn_iters"]),
+                (m["temperature"], m["epsilon"], 1)):   # the check above can tell each setting apart
+    assert abs(cl_jax_loss(*wrong) - want) > 1e-3
+  np.testing.assert_allclose(side["norm_init"], 1.0, rtol=1e-5)
+  np.testing.assert_allclose(side["norm_after"], 1.0, rtol=1e-5)
+  assert list(side["frozen"]) == ["prototypes.heads.0.weight"]
