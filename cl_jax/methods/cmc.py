@@ -74,14 +74,9 @@ class CMC(Method):
 
   def loss(self, params, state, views, key, step):
     del step
-    crops = views["crops"][0]
-    if crops.shape[0] != 1:
-      raise ValueError(f"CMC takes 1 crop per image (its views are channels of it), got {crops.shape[0]}; "
-                       "set --config.augment['global'].views=1.")
-    if "index" not in views:
-      raise ValueError("CMC needs each example's dataset 'index' in the batch; use a source that provides it.")
+    crop, index = memory_bank.one_crop_with_index(views, "CMC", " (its views are channels of it)")
     axis, m = parallel.DATA, self.hp
-    x = self._split(crops[0])
+    x = self._split(crop)
     feats, z, stats = [], [], {}
     for v in self.views:
       (h, zv), updates = self.models[v].apply({"params": params[v], "batch_stats": state["batch_stats"][v]}, x[v],
@@ -89,10 +84,7 @@ class CMC(Method):
       feats.append(h)
       z.append(zv)
       stats[v] = parallel.pmean_varying(updates["batch_stats"])
-    index = views["index"].astype(jnp.int32)
-    # Uniform noise rows per example from (step key, global example position): the same on any device split.
-    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(parallel.global_example_index(index.shape[0]))
-    neg = jax.vmap(lambda k: jax.random.randint(k, (int(m.num_negatives),), 0, self.num_data))(keys)
+    neg = memory_bank.noise_rows(key, index, int(m.num_negatives), self.num_data)
     banks = [state[f"bank_{v}"] for v in self.views]
     loss, z_const, metrics = cmc_loss(z, index, neg, banks, state["z"], self.pairs, float(m.temperature),
                                       self.num_data, m.loss, axis, self.views)

@@ -57,20 +57,13 @@ class InstDisc(Method):
 
   def loss(self, params, state, views, key, step):
     del step
-    crops = views["crops"][0]
-    if crops.shape[0] != 1:
-      raise ValueError(f"InstDisc takes 1 view per image, got {crops.shape[0]}; "
-                       "set --config.augment['global'].views=1.")
-    if "index" not in views:
-      raise ValueError("InstDisc needs each example's dataset 'index' in the batch; use a source that provides it.")
+    crop, index = memory_bank.one_crop_with_index(views, "InstDisc")
     axis = parallel.DATA
-    (h, z), updates = self.model.apply({"params": params, "batch_stats": state["batch_stats"]}, crops[0],
+    (h, z), updates = self.model.apply({"params": params, "batch_stats": state["batch_stats"]}, crop,
                                        train=True, mutable=["batch_stats"])
-    index = views["index"].astype(jnp.int32)
     if self.loss_name == "nce":
       # Uniform noise indices, per example from (step key, global example position): topology independent.
-      keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(parallel.global_example_index(index.shape[0]))
-      neg = jax.vmap(lambda k: jax.random.randint(k, (self.num_negatives,), 0, self.num_data))(keys)
+      neg = memory_bank.noise_rows(key, index, self.num_negatives, self.num_data)
       loss, z_const, metrics = instdisc_nce(z, index, neg, state["bank"], state["z"], self.temperature,
                                             self.num_data, axis_name=axis)
     else:

@@ -37,6 +37,25 @@ def uniform_bank(key: jax.Array, num_data: int, dim: int, num_devices: int) -> j
   return jax.random.uniform(key, (rows, dim), jnp.float32, -stdv, stdv)
 
 
+def one_crop_with_index(views: Any, method: str, why: str = "") -> tuple[jax.Array, jax.Array]:
+  """The [b, H, W, C] single crop and int32 dataset indices a per-example bank method reads, or a one-line error
+  naming the fix (InstDisc, CMC: one crop per image, the bank row of each example)."""
+  crops = views["crops"][0]
+  if crops.shape[0] != 1:
+    raise ValueError(f"{method} takes 1 crop per image{why}, got {crops.shape[0]}; "
+                     "set --config.augment['global'].views=1.")
+  if "index" not in views:
+    raise ValueError(f"{method} needs each example's dataset 'index' in the batch; use a source that provides it.")
+  return crops[0], views["index"].astype(jnp.int32)
+
+
+def noise_rows(key: jax.Array, index: jax.Array, num_negatives: int, num_data: int) -> jax.Array:
+  """[b, m] uniform noise rows of the bank per example, from (step key, global example position): the same draw
+  on any split of the batch over devices (inside shard_map over 'data')."""
+  keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(parallel.global_example_index(index.shape[0]))
+  return jax.vmap(lambda k: jax.random.randint(k, (num_negatives,), 0, num_data))(keys)
+
+
 def check_rows(name: str, rows: int, num_devices: int, fix: str) -> None:
   """Fails in one line when a bank of `rows` cannot be split evenly over the devices."""
   if rows % num_devices:
