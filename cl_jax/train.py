@@ -16,7 +16,7 @@ import optax
 from jax.sharding import Mesh, PartitionSpec as P
 
 from cl_jax import checkpoint, optim, parallel, preemption, reporting, workdir as workdir_lib
-from cl_jax.data import augment, pipeline, sources
+from cl_jax.data import augment, label_regimes, pipeline, sources
 from cl_jax.eval import features, monitors as eval_monitors, online_probe, settings
 from cl_jax.data.view_grid import view_grid_image
 from cl_jax.methods import RunFacts, get_method, method_class
@@ -210,6 +210,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   run = build_run(config)
   workdir_lib.write_config(workdir, config)
   workdir_lib.write_resolved(workdir, resolved_sections(run))
+  if regime := label_regimes.regime_summary(run.train_source):   # the realised label regime, for evaluation
+    workdir_lib.write_json(workdir, "label_regime.json", regime)
   state, specs = init_state(run)
   train_step = make_train_step(run, specs, state)
   eval_cfg = settings.read(config, eval_monitors.SCHEMA)

@@ -13,7 +13,8 @@ log = logging.getLogger(__name__)
 
 # Changing one of these makes a checkpoint unusable (other shapes, another method, another data order).
 UNUSABLE_IF_CHANGED = ("method", "model", "dataset", "batch_size", "seed", "optim.name", "optim.grad_accum_steps",
-                       "online_probe", "data.image_size", "data.num_train")
+                       "online_probe", "data.image_size", "data.num_train", "data.label_noise", "data.coarse_labels",
+                       "data.discovery", "data.label_seed")
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -77,10 +78,15 @@ def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
 def write_resolved(workdir: str, sections: dict[str, Any]) -> None:
   """Writes resolved.json (process 0): every declared field of each section with the value the run uses, defaults
   included, so a run's effective settings are on record even where its config left them unset."""
+  write_json(workdir, "resolved.json", sections)
+
+
+def write_json(workdir: str, name: str, obj: Any) -> None:
+  """Writes <workdir>/<name> as JSON atomically (process 0; values JSON cannot hold as their repr)."""
   if jax.process_index() != 0:
     return
   os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, "resolved.json")
+  path = os.path.join(workdir, name)
   with open(path + ".tmp", "w") as f:
-    json.dump(sections, f, indent=2, sort_keys=True, default=repr)
+    json.dump(obj, f, indent=2, sort_keys=True, default=repr)
   os.replace(path + ".tmp", path)

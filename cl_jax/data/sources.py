@@ -6,7 +6,8 @@ Every source is grain-compatible random access: `len(source)`, `source[i]` -> di
 numpy arrays ("image" uint8 [S, S, 3], "label" int32 when labelled, "index" int32), with attributes
 `num_classes`, `class_names`, `has_labels`, `image_size`, `name`. Caption sources also have
 `captions_of(i)`. With `data.text` set (cl_jax/data/captions.py) every example also carries
-`tokens` int32 [context_length] and `text_label` int32. tfds is imported only when used.
+`tokens` int32 [context_length] and `text_label` int32. `data.label_noise` / `coarse_labels` / `discovery`
+put the train split in a label regime (cl_jax/data/label_regimes.py). tfds is imported only when used.
 """
 from __future__ import annotations
 
@@ -50,9 +51,14 @@ class Source(Protocol):
 SOURCES: Registry[Callable[[dict[str, Any], str], Source]] = Registry("dataset")
 
 
-# The config.data fields every source reads (num_train / num_test: None = the whole split), then each kind's.
+# The config.data fields every source reads (num_train / num_test: None = the whole split), then each kind's. The
+# label regimes of the train split (cl_jax/data/label_regimes.py; None = off): label_noise "symmetric:0.4" /
+# "asymmetric:0.4", coarse_labels "shapes" / "cifar100" / a mapping, discovery "old=0-4,labelled=0.5", label_seed
+# (None: seed).
 SHARED: dict[str, Field] = {"image_size": Field(32, low=1), "seed": Field(0), "num_train": Field(None),
-                            "num_test": Field(None), "worker_count": Field(0, low=0), "text": Field(None)}
+                            "num_test": Field(None), "worker_count": Field(0, low=0), "text": Field(None),
+                            "label_noise": Field(None), "coarse_labels": Field(None), "discovery": Field(None),
+                            "label_seed": Field(None)}
 _FILES = {"on_bad_image": Field("skip", choices=("skip", "fail")), "holdout_frac": Field(0.1, low=0, high=1)}
 FIELDS: dict[str, dict[str, Field]] = {
     "shapes": {**SHARED, "held_out_pairs": Field(()), "render": Field("color", choices=("color", "mask"))},
@@ -97,11 +103,12 @@ def tfds_split(dataset: str, split: str, data_cfg: Any = None) -> str:
 
 def get_source(data_cfg: Any, split: str) -> Source:
   """Builds the data source of `split` ("train" or "test") named by `data_cfg.dataset` from the validated
-  config.data (data_section), with text (tokens, text_label) when `data_cfg.text` is set."""
-  from cl_jax.data import captions  # pylint: disable=g-import-not-at-top
+  config.data (data_section), in the label regime of data.label_noise / coarse_labels / discovery (train split
+  only), with text (tokens, text_label) when `data_cfg.text` is set."""
+  from cl_jax.data import captions, label_regimes  # pylint: disable=g-import-not-at-top
 
   hp = data_section(data_cfg, str(data_cfg["dataset"]))
-  return captions.wrap(_image_source(hp, split), split, hp)
+  return captions.wrap(label_regimes.wrap(_image_source(hp, split), split, hp), split, hp)
 
 
 def _nonempty(dataset: str, prefix: str, example: str) -> str:
