@@ -110,7 +110,7 @@ def test_eight_devices_match_one_with_the_queue_and_prototypes_stay_unit_norm():
     one, eight = (steps[n](p, s, views[t], t) for n in (1, 8))
     np.testing.assert_allclose(float(eight.loss), float(one.loss), rtol=1e-5)
     assert_trees_close(eight.grads, one.grads, rtol=1e-4, atol=1e-5)
-    assert_trees_close(eight.state_after_update, one.state_after_update, rtol=1e-5, atol=1e-6)
+    assert_trees_close(eight.state_after_update, one.state_after_update, rtol=1e-5, atol=1e-5)   # unit vectors
     used.append(float(eight.metrics["queue_used"]))
     p, s = one.params, one.state_after_update
   assert used == [0.0, 0.0, 1.0]
