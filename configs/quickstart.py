@@ -41,8 +41,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.dataset = "shapes"
   # on_bad_image, holdout_frac: for --config.dataset=folder:/path (data.sources.FIELDS lists every source's fields);
   # render="mask": white shapes on black, the diagnostic where shape, size and position are the only signal.
+  # label_noise ("symmetric:0.4"), coarse_labels ("shapes"), discovery ("old=0-4,labelled=0.5"): the label
+  # regimes of cl_jax/data/label_regimes.py, for the training split only ("": the labels as they are).
   c.data = dict(image_size=32, num_train=10_000, num_test=2_000, seed=0, worker_count=0, on_bad_image="skip",
-                holdout_frac=0.1, render="color")
+                holdout_frac=0.1, render="color", label_noise="", coarse_labels="", discovery="")
   # Milder than the ImageNet recipe (as SimCLR's CIFAR recipe: s=0.5, no blur): with a tiny net and few steps,
   # stronger views (scale 0.25, s=1, blur) left instance discrimination at ~3% accuracy and kNN flat.
   c.augment = ml_collections.ConfigDict({"global": group(size=32, views=2, scale=(0.5, 1.0), jitter_strength=0.5,

@@ -199,3 +199,15 @@ def test_a_regime_of_an_unlabelled_source_is_one_line():
   one_line_error(lambda: _wrap(src, label_noise="symmetric:0.2"), "needs labels", "unset data.label_noise")
   one_line_error(lambda: sources.get_source(_cfg(label_noize="symmetric:0.2"), "train"),
                  "data.label_noize: unknown; did you mean label_noise?")
+
+
+def test_empty_string_is_off_and_the_quickstart_declares_the_regimes():
+  """The quick start declares every regime as "" (a default the command line can override) and "" means off."""
+  from configs import quickstart   # pylint: disable=g-import-not-at-top
+  c = quickstart.get_config("runlocal")
+  train = sources.get_source(c.data.to_dict() | {"dataset": c.dataset}, "train")
+  assert not isinstance(train, lr.LabelRegime) and lr.regime_summary(train) == {}
+  with c.unlocked():
+    c.data.label_noise = "symmetric:0.4"
+  noisy = sources.get_source(c.data.to_dict() | {"dataset": c.dataset}, "train")
+  assert isinstance(noisy, lr.LabelRegime) and "clean_label" in noisy[0]

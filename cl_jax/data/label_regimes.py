@@ -408,6 +408,7 @@ class DiscoveryLabels(LabelRegime):
 def wrap(source: Any, split: str, hp: Mapping[str, Any]) -> Any:
   """`source` in the regimes of the validated config.data `hp` (train split only; the test split keeps true labels,
   but its config is checked all the same)."""
+  hp = {**hp, **{k: None for k in REGIME_FIELDS if hp.get(k) == ""}}   # "" is off too (a CLI-overridable default)
   asked = [k for k in REGIME_FIELDS if hp.get(k) is not None]
   if not asked:
     return source
