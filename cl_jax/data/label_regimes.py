@@ -24,6 +24,8 @@ regime as a JSON-able dict (the training loop writes it to <workdir>/label_regim
 """
 from __future__ import annotations
 
+import abc
+
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -271,7 +273,7 @@ def all_labels(source: Any) -> np.ndarray:
   return np.asarray([source[i]["label"] for i in range(len(source))], np.int32)
 
 
-class LabelRegime:
+class LabelRegime(abc.ABC):
   """A source whose examples' "label" is a function of the wrapped source's label and the example index; every other
   attribute (name, split, image_size, captions_of, ...) is the wrapped source's."""
 
@@ -282,12 +284,13 @@ class LabelRegime:
     self.name, self.image_size, self.has_labels = source.name, source.image_size, True
     self.num_classes, self.class_names = source.num_classes, source.class_names
 
+  @abc.abstractmethod
   def fields(self, label: np.ndarray, index: np.ndarray) -> dict[str, np.ndarray]:
     """The regime's fields ("label" and the kept truths) of examples `index` with wrapped labels `label`."""
-    raise NotImplementedError
 
+  @abc.abstractmethod
   def summary(self) -> dict[str, Any]:
-    raise NotImplementedError
+    """The realised regime, JSON-able (label_regime.json)."""
 
   def __len__(self) -> int:
     return len(self.source)
