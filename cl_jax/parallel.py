@@ -76,6 +76,17 @@ def to_host(x: Any) -> Any:
   return multihost_utils.process_allgather(x, tiled=True)
 
 
+def from_host(tree: Any, shardings: Any) -> Any:
+  """Host values (the same full arrays on every host) placed with `shardings` (a matching pytree of shardings);
+  jax Arrays already laid out that way are kept as they are."""
+  def place(x, sharding):
+    if isinstance(x, jax.Array) and x.sharding == sharding:
+      return x
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+  return jax.tree.map(place, tree, shardings)
+
+
 def global_example_index(local_batch: int) -> jax.Array:
   """Inside shard_map: the global batch position of each local example (topology independent)."""
   return jax.lax.axis_index(DATA) * local_batch + jnp.arange(local_batch)

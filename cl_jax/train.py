@@ -73,7 +73,10 @@ def _sample_views(run: Run) -> tuple[dict[str, np.ndarray], tuple[jax.Array, ...
 
 
 def _views(batch: dict[str, jax.Array], crops: tuple[jax.Array, ...]) -> dict[str, Any]:
-  return {**{k: v for k, v in batch.items() if k != "image"}, "crops": crops}
+  """What a method sees of a batch: its fields but the images (replaced by the crops) and the label regimes' kept
+  truths (clean / fine / true labels reach evaluation only, never a loss)."""
+  hidden = ("image",) + label_regimes.TRUTH_FIELDS
+  return {**{k: v for k, v in batch.items() if k not in hidden}, "crops": crops}
 
 
 def init_state(run: Run) -> tuple[TrainState, Any]:
@@ -89,7 +92,7 @@ def init_state(run: Run) -> tuple[TrainState, Any]:
     size = features.image_size(run.config)
     feats = jax.eval_shape(lambda p, s, im: run.method.encode(p, s, augment.eval_preprocess(im, size)),
                            params, method_state, sample["image"])
-    probe_params = online_probe.init(key, feats.shape[-1], run.train_source.num_classes)
+    probe_params = online_probe.init(key, feats.shape[-1], label_regimes.truth(run.train_source)[1])
     state["probe"] = {"params": probe_params, "opt_state": online_probe.optimizer().init(probe_params)}
     specs["probe"] = P()
   return jax.device_put(state, _named(run, storage_specs(run, state, specs))), specs
@@ -115,6 +118,7 @@ def make_train_step(run: Run, specs: Any, state: TrainState | None = None
   stored between steps as `storage_specs` (pass the initial `state` when config.parallel.shard_state), donated."""
   method, tx, recipe, seed = run.method, run.tx, run.config.augment, run.config.seed
   probe_tx = online_probe.optimizer()
+  probe_labels = label_regimes.truth(run.train_source)[0]   # the online probe is evaluation: true labels
 
   def per_device(state: TrainState, batch: dict[str, jax.Array]):
     step = state["step"]
@@ -140,7 +144,7 @@ def make_train_step(run: Run, specs: Any, state: TrainState | None = None
       if features is None:
         raise ValueError(f"online_probe needs {type(method).__name__}.loss to return backbone 'features' in its "
                          "metrics; set online_probe=False.")
-      new_state["probe"], probe_metrics = online_probe.update(state["probe"], probe_tx, features, batch["label"])
+      new_state["probe"], probe_metrics = online_probe.update(state["probe"], probe_tx, features, batch[probe_labels])
       metrics.update(probe_metrics)
     return new_state, parallel.pmean_varying({"loss": loss, **metrics})
 
@@ -175,6 +179,25 @@ def load_run(workdir: str, config: ml_collections.ConfigDict | None = None,
                             "finished run.")
   step, state, _ = restored
   return run, state, specs, step
+
+
+def run_epoch_start(run: Run, state: TrainState, specs: Any, step: int) -> tuple[TrainState, dict[str, float]]:
+  """The method's epoch-start pass (Method.EPOCH_START): epoch_outputs over the whole training split in order, then
+  epoch_start on the host; the new method state is placed where the old one lives. Returns (state, metrics)."""
+  if "encode:epoch_outputs" not in run.cache:
+    run.cache["encode:epoch_outputs"] = features.make_encode(run, specs, "epoch_outputs")
+  split = features.extract(run, run.cache["encode:epoch_outputs"], state, run.train_source, ("label", "index"))
+  old = state["method_state"]
+  new, metrics = run.method.epoch_start(old, split, step // run.steps_per_epoch)
+  name = type(run.method).__name__
+  if jax.tree.structure(new) != jax.tree.structure(old):
+    raise ValueError(f"{name}.epoch_start changed the structure of the method state; return the same pytree.")
+  for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(old)):
+    if np.shape(a) != b.shape or np.result_type(a) != b.dtype:
+      raise ValueError(f"{name}.epoch_start returned a leaf of shape {np.shape(a)} {np.result_type(a)} for one of "
+                       f"{b.shape} {b.dtype}; keep every leaf's shape and dtype.")
+  placed = parallel.from_host(new, jax.tree.map(lambda x: x.sharding, old))
+  return {**state, "method_state": placed}, {f"epoch/{k}": float(v) for k, v in metrics.items()}
 
 
 def _batches(loader_iter: Iterator, mesh: Mesh) -> Iterator[dict[str, jax.Array]]:
@@ -264,6 +287,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   warned: set[str] = set()
   try:
     while step < run.total_steps:
+      if run.method.EPOCH_START and step % run.steps_per_epoch == 0:
+        state, epoch_metrics = run_epoch_start(run, state, specs, step)
+        reporter.write(step, epoch_metrics)
+        history.update(epoch_metrics)
+        timer.reset(step)
       state, metrics = train_step(state, next(batches))
       step += 1
       stop = guard.should_stop()

@@ -30,41 +30,14 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from cl_jax.data.class_groups import (  # noqa: F401 (re-exported)
+    ASYMMETRIC_CIFAR10, ASYMMETRIC_SHAPES, CIFAR10_CLASSES, CIFAR100_CLASSES, CIFAR100_COARSE, SHAPES_COARSE)
+
 NOISE_KINDS = ("symmetric", "asymmetric")
-CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-# The standard CIFAR-10 asymmetric flips (Patrini et al. 2017, Sec. 5; used by Co-teaching+, DivideMix and TCL).
-ASYMMETRIC_CIFAR10 = {"truck": "automobile", "bird": "airplane", "deer": "horse", "cat": "dog", "dog": "cat"}
-# The embedded shapes' flips between similar shapes, five of ten classes as for CIFAR-10.
-ASYMMETRIC_SHAPES = {"circle": "ring", "ring": "circle", "triangle": "arrow", "square": "L-shape", "star": "cross"}
-# The embedded shapes' grouping (cl_jax/data/shape_geometry.py): curved outlines, pointed polygons, and the rest
-# (shapes built of bars).
-SHAPES_COARSE = {"round": ("circle", "ring", "heart", "crescent"), "angular": ("triangle", "square", "star"),
-                 "other": ("cross", "arrow", "L-shape")}
-# CIFAR-100's 20 superclasses (Krizhevsky 2009, Appendix D; tfds cifar100 `coarse_label` names) -> fine classes.
-CIFAR100_COARSE = {
-    "aquatic_mammals": ("beaver", "dolphin", "otter", "seal", "whale"),
-    "fish": ("aquarium_fish", "flatfish", "ray", "shark", "trout"),
-    "flowers": ("orchid", "poppy", "rose", "sunflower", "tulip"),
-    "food_containers": ("bottle", "bowl", "can", "cup", "plate"),
-    "fruit_and_vegetables": ("apple", "mushroom", "orange", "pear", "sweet_pepper"),
-    "household_electrical_devices": ("clock", "keyboard", "lamp", "telephone", "television"),
-    "household_furniture": ("bed", "chair", "couch", "table", "wardrobe"),
-    "insects": ("bee", "beetle", "butterfly", "caterpillar", "cockroach"),
-    "large_carnivores": ("bear", "leopard", "lion", "tiger", "wolf"),
-    "large_man-made_outdoor_things": ("bridge", "castle", "house", "road", "skyscraper"),
-    "large_natural_outdoor_scenes": ("cloud", "forest", "mountain", "plain", "sea"),
-    "large_omnivores_and_herbivores": ("camel", "cattle", "chimpanzee", "elephant", "kangaroo"),
-    "medium_mammals": ("fox", "porcupine", "possum", "raccoon", "skunk"),
-    "non-insect_invertebrates": ("crab", "lobster", "snail", "spider", "worm"),
-    "people": ("baby", "boy", "girl", "man", "woman"),
-    "reptiles": ("crocodile", "dinosaur", "lizard", "snake", "turtle"),
-    "small_mammals": ("hamster", "mouse", "rabbit", "shrew", "squirrel"),
-    "trees": ("maple_tree", "oak_tree", "palm_tree", "pine_tree", "willow_tree"),
-    "vehicles_1": ("bicycle", "bus", "motorcycle", "pickup_truck", "train"),
-    "vehicles_2": ("lawn_mower", "rocket", "streetcar", "tank", "tractor")}
-CIFAR100_CLASSES = tuple(sorted(f for fine in CIFAR100_COARSE.values() for f in fine))   # tfds / the official order
 NAMED_COARSE = {"shapes": SHAPES_COARSE, "cifar100": CIFAR100_COARSE}
 REGIME_FIELDS = ("coarse_labels", "label_noise", "discovery")   # the order they are applied in
+# The fields the regimes keep for evaluation only: the training loop removes them from a method's views.
+TRUTH_FIELDS = ("clean_label", "is_noisy", "fine_label", "true_label", "is_old_class")
 _TAGS = {"label_noise": 0x4015E, "discovery": 0xD15C0}
 _M64 = np.uint64((1 << 64) - 1)
 
@@ -278,6 +251,7 @@ class LabelRegime(abc.ABC):
   attribute (name, split, image_size, captions_of, ...) is the wrapped source's."""
 
   kind = ""
+  truth = ""   # the field keeping the wrapped source's label (what evaluation scores against)
 
   def __init__(self, source: Any):
     self.source = source
@@ -327,7 +301,7 @@ class NoisyLabels(LabelRegime):
   """Symmetric (to a uniformly drawn other class) or asymmetric (along a flip map) label noise at `rate`: the noise
   protocol of Co-teaching (Han et al. 2018) and TCL (Huang et al. 2023); `clean_label` kept, `is_noisy` flags flips."""
 
-  kind = "label_noise"
+  kind, truth = "label_noise", "clean_label"
 
   def __init__(self, source: Any, kind: str, rate: float, seed: int, flips: np.ndarray | None = None):
     super().__init__(source)
@@ -365,7 +339,7 @@ class CoarseLabels(LabelRegime):
   """Coarse labels (MaskCon's setting, Feng & Patras 2023): "label" the coarse id of the fine class, `fine_label`
   kept; num_classes and class_names are the coarse ones."""
 
-  kind = "coarse_labels"
+  kind, truth = "coarse_labels", "fine_label"
 
   def __init__(self, source: Any, fine_to_coarse: np.ndarray, coarse_names: Sequence[str]):
     super().__init__(source)
@@ -386,7 +360,7 @@ class DiscoveryLabels(LabelRegime):
   """Generalized category discovery (Vaze et al. 2022, Sec. 3): a `labelled` fraction of the old classes' examples
   keep their label, every other example gets -1 (unlabelled); `true_label` and `is_old_class` kept."""
 
-  kind = "discovery"
+  kind, truth = "discovery", "true_label"
 
   def __init__(self, source: Any, old: Sequence[int], labelled: float, seed: int):
     super().__init__(source)
@@ -451,3 +425,13 @@ def regime_summary(source: Any) -> dict[str, Any]:
     return {}
   return {"dataset": regimes[0].source.name, "num_examples": len(regimes[0]),
           "regimes": [r.summary() for r in regimes]}
+
+
+def truth(source: Any) -> tuple[str, int]:
+  """(the batch field with the source's true label, its number of classes): "label" without a regime, else the
+  innermost regime's kept truth (fine_label / clean_label / true_label) and the unwrapped source's class count.
+  Evaluation (kNN memory, linear probe, online probe) scores against it; training sees only "label"."""
+  regimes = regimes_of(source)
+  if not regimes:
+    return "label", int(getattr(source, "num_classes", 0) or 0)
+  return regimes[0].truth, int(regimes[0].source.num_classes)

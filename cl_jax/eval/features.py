@@ -12,7 +12,7 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from cl_jax import parallel
-from cl_jax.data import augment, pipeline
+from cl_jax.data import augment, label_regimes, pipeline
 from cl_jax.eval import settings
 from cl_jax.run_state import Run, TrainState
 from cl_jax.schema import Field
@@ -44,8 +44,9 @@ def make_encode(run: Run, specs: Any, method_fn: str = "encode") -> Encode:
 
 def extract(run: Run, encode: Encode, state: TrainState, source: Any, fields: Sequence[str] = ("label",),
             max_examples: int | None = None) -> dict[str, np.ndarray]:
-  """{"features": encode(images), and each of `fields` the source's batches carry} of a split, every example once
-  and in order, gathered to every host; with `max_examples`, whole batches until at least that many."""
+  """{"features": encode(images) (or each output of a dict-valued encode), and each of `fields` the source's batches
+  carry} of a split, every example once and in order, gathered to every host; with `max_examples`, whole batches
+  until at least that many."""
   batch_size = settings.read(run.config, SCHEMA).batch_size or run.config.batch_size
   local = parallel.check_batch_size(batch_size, run.mesh) * run.mesh.local_mesh.size
   loader = pipeline.make_loader(source, global_batch=batch_size, seed=0, shuffle=False, num_epochs=1,
@@ -60,8 +61,9 @@ def extract(run: Run, encode: Encode, state: TrainState, source: Any, fields: Se
       if f in batch:
         host[f] = np.pad(batch[f], [(0, pad)] + [(0, 0)] * (batch[f].ndim - 1))
     glob = parallel.host_to_global(host, run.mesh)
-    out = parallel.to_host({"features": encode(state, glob["image"]),
-                            **{k: v for k, v in glob.items() if k != "image"}})
+    encoded = encode(state, glob["image"])   # features, or a dict of per-example outputs (epoch_outputs)
+    encoded = encoded if isinstance(encoded, dict) else {"features": encoded}
+    out = parallel.to_host({**encoded, **{k: v for k, v in glob.items() if k != "image"}})
     for k, v in out.items():
       if k != "valid":
         parts.setdefault(k, []).append(v[out["valid"]])
@@ -73,9 +75,16 @@ def extract(run: Run, encode: Encode, state: TrainState, source: Any, fields: Se
 
 def extract_features(run: Run, encode: Encode, state: TrainState, source: Any,
                      max_examples: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-  """(features, labels) of a whole split (or its first whole batches past `max_examples`), in order."""
-  out = extract(run, encode, state, source, ("label",), max_examples)
-  if "label" not in out:
+  """(features, true labels) of a whole split (or its first whole batches past `max_examples`), in order: under a
+  label regime the kept truth (fine / clean / true label, label_regimes.truth), never the noisy or coarse one."""
+  field, _ = label_regimes.truth(source)
+  out = extract(run, encode, state, source, (field,), max_examples)
+  if field not in out:
     raise ValueError(f"evaluating features needs labels; dataset '{run.config.dataset}' has none, use a labelled "
                      "dataset (class folders, shapes or a tfds name).")
-  return out["features"], out["label"]
+  return out["features"], out[field]
+
+
+def num_classes(run: Run) -> int:
+  """The number of true classes evaluation scores against (the fine classes under data.coarse_labels)."""
+  return label_regimes.truth(run.train_source)[1]

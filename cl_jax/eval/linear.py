@@ -30,7 +30,7 @@ import optax
 from jax.sharding import PartitionSpec as P
 
 from cl_jax import parallel
-from cl_jax.data import augment, pipeline
+from cl_jax.data import augment, label_regimes, pipeline
 from cl_jax.eval import features
 from cl_jax.run_state import Run, TrainState
 from cl_jax.schema import Field
@@ -202,16 +202,16 @@ def train_head_augmented(run: Run, state: TrainState, specs: Any, encode: Any, *
   mean, std = feature_stats(stat_feats)
   tx = make_optimizer(lr, epochs * steps_per_epoch, weight_decay)
   replicated = parallel.replicated(run.mesh)
-  head = jax.device_put(init_head(jax.random.key(seed), stat_feats.shape[1], run.train_source.num_classes),
+  head = jax.device_put(init_head(jax.random.key(seed), stat_feats.shape[1], features.num_classes(run)),
                         replicated)
   opt_state = jax.device_put(tx.init(head), replicated)
   step_fn = make_linear_step(run, specs, tx, seed)
   loader = pipeline.make_loader(run.train_source, global_batch=batch_size, seed=seed, shuffle=True,
                                 num_epochs=epochs, drop_remainder=True,
                                 worker_count=run.config.data.get("worker_count", 0))
-  losses = []
+  losses, field = [], label_regimes.truth(run.train_source)[0]   # the true labels under a label regime
   for step, batch in enumerate(loader):
-    batch = parallel.host_to_global({"image": batch["image"], "label": batch["label"].astype(np.int32)}, run.mesh)
+    batch = parallel.host_to_global({"image": batch["image"], "label": batch[field].astype(np.int32)}, run.mesh)
     head, opt_state, loss = step_fn(head, opt_state, state["params"], state["method_state"], mean, std,
                                     jnp.int32(step), batch["image"], batch["label"])
     losses.append(loss)
@@ -232,5 +232,5 @@ def linear_eval(run: Run, state: TrainState, specs: Any, *, fast: bool, epochs: 
     return classifier_accuracy(head, test_feats, test_labels, mean, std)
   train_feats, train_labels = features.extract_features(run, encode, state, run.train_source)
   test_feats, test_labels = features.extract_features(run, encode, state, run.test_source)
-  return train_linear_classifier(train_feats, train_labels, test_feats, test_labels, run.train_source.num_classes,
+  return train_linear_classifier(train_feats, train_labels, test_feats, test_labels, features.num_classes(run),
                                  epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay, seed=seed)

@@ -61,7 +61,7 @@ def evaluate_knn(run: Run, encode: features.Encode, state: TrainState) -> dict[s
   e = settings.read(run.config, knn.SCHEMA)
   memory, memory_labels = features.extract_features(run, encode, state, run.train_source, e.knn_train_examples)
   queries, query_labels = features.extract_features(run, encode, state, run.test_source)
-  acc = knn.knn_accuracy(queries, query_labels, memory, memory_labels, run.train_source.num_classes,
+  acc = knn.knn_accuracy(queries, query_labels, memory, memory_labels, features.num_classes(run),
                          k=e.knn_k, temperature=e.knn_temperature)
   return {"eval/knn_top1": acc["top1"], "eval/knn_top5": acc["top5"]}
 

@@ -12,6 +12,7 @@ another method file (tests/test_layout.py checks it). The loop calls, in order:
   after_update(params, state, step)       per device, after the optimizer update
   encode(params, state, images)           evaluation (kNN monitor, linear probe, plots), inference mode
   health(metrics, step)                   host side at each log step: a warning line, or None
+  epoch_start(state, split, epoch)        host side, before each epoch's first step, for EPOCH_START methods
 
 Where state changes: queue pushes, memory-bank rows and DINO's centre are written in `loss` (they need this
 step's keys/outputs; the new state is returned beside the metrics and carries no gradient); the EMA copy of the
@@ -27,6 +28,14 @@ metric every method reports.
 Optional: `knn_also = {suffix: method name}` asks the kNN monitor for a second figure from another network
 (DINO's student next to its teacher: eval/knn_top1_student).
 
+Epoch-start pass (TCL's noise detection, DCCL's concepts): a method with EPOCH_START = True gets, before the first
+step of every epoch (step % steps_per_epoch == 0, step 0 included), one in-order pass over the whole training split
+in inference mode (evaluation preprocessing, no augmentation): `epoch_outputs(params, state, images)` per device
+(default: the backbone features), gathered to every host with each example's "label" (the training label: noisy,
+coarse or -1, never the kept truth) and "index"; `epoch_start` turns them into the new method state on the host
+(the same on every host), which the loop lays out by `state_sharding`. Its result is checkpointed with the state,
+so a resume mid-epoch does not redo the pass and an interrupted run continues exactly.
+
 Language-image methods (language_image.LanguageImageMethod) add `encode_text(params, state, tokens)`,
 `encode_image_embedding(params, state, images)` (both L2-normalised, in the joint space) and a `tokenizer`;
 zero-shot classification and retrieval use only those.
@@ -39,6 +48,7 @@ from typing import Any, ClassVar
 
 import jax
 import ml_collections
+import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from cl_jax.schema import Field, validate
@@ -74,6 +84,8 @@ class Method(abc.ABC):
   # The fields of `config.method` this method reads, with defaults and ranges; any other key fails at start-up
   # with one line naming the nearest known field. The validated section is `self.hp` (defaults filled in).
   SCHEMA: ClassVar[dict[str, Field]] = {}
+  # Whether the loop runs the epoch-start pass (epoch_outputs over the training split, then epoch_start).
+  EPOCH_START: ClassVar[bool] = False
 
   def __init__(self, config: ml_collections.ConfigDict, run_facts: RunFacts):
     if not isinstance(run_facts, RunFacts):
@@ -109,6 +121,17 @@ class Method(abc.ABC):
     hides, e.g. SwAV's loss stuck at log K; None when healthy (the default)."""
     del metrics, step
     return None
+
+  def epoch_outputs(self, params: Params, state: State, images: jax.Array) -> dict[str, jax.Array]:
+    """Per device, inference mode: per-example outputs ([b, ...] each) of the epoch-start pass; by default the
+    backbone features {"features": encode(...)}."""
+    return {"features": self.encode(params, state, images)}
+
+  def epoch_start(self, state: State, split: dict[str, np.ndarray], epoch: int) -> tuple[State, dict[str, float]]:
+    """Host side, for EPOCH_START methods: (the new method state, metrics logged as epoch/<name>) from `split`, the
+    epoch_outputs of the whole training split in index order plus its "label" and "index"; identity by default."""
+    del split, epoch
+    return state, {}
 
   def state_sharding(self, state: State) -> Any:
     """PartitionSpecs for the state (a prefix pytree); replicated by default."""
