@@ -122,6 +122,24 @@ def _retrieval(run, state, specs, workdir, step) -> tuple[dict[str, float], str]
   return m, line
 
 
+def _monitor_protocol(name: str, doc: str) -> Protocol:
+  """A protocol that runs the training monitor `name` and prints its figures on one line."""
+  def protocol(run, state, specs, workdir, step) -> tuple[dict[str, float], str]:
+    del workdir
+    from cl_jax.eval import monitors  # pylint: disable=g-import-not-at-top
+
+    m = monitors.get_monitor(name)(run, state, specs)
+    return m, f"step {step}: " + ", ".join(f"{monitors.EVAL_NAMES.get(k, k)} {v:.2f}%" for k, v in m.items())
+  protocol.__doc__ = doc
+  return protocol
+
+
+for _name, _doc in (("fine_recall", "Recall@1/2/5/10 on fine labels of the test split (MaskCon's protocol)."),
+                    ("noisy_labels", "Clean-test accuracy of the classifier head and noise-detection ROC-AUC (TCL)."),
+                    ("discovery", "Clustering accuracy All/Old/New on the training split (GCD's protocol).")):
+  PROTOCOLS.register(_name)(_monitor_protocol(_name, _doc))
+
+
 def check_labels(config: ml_collections.ConfigDict, protocol: str) -> None:
   """Fails in one line, before anything is compiled, when the run's dataset has no labels to evaluate with."""
   from cl_jax.data import sources  # pylint: disable=g-import-not-at-top

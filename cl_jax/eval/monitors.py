@@ -9,7 +9,8 @@ from typing import Any, Callable
 
 import ml_collections
 
-from cl_jax.eval import embedding_plot, features, knn, linear, retrieval, settings, zeroshot
+from cl_jax.eval import (clustering, embedding_plot, features, fine_retrieval, knn, linear, noise_detection,
+                         retrieval, settings, zeroshot)
 from cl_jax.registry import Registry
 from cl_jax.run_state import Run, TrainState
 from cl_jax.schema import Field, validate
@@ -30,7 +31,10 @@ EVAL_NAMES = {"eval/knn_top1": "kNN top-1", "eval/knn_top5": "kNN top-5",
               "eval/zeroshot_top1": "zero-shot top-1",
               "eval/zeroshot_top5": "zero-shot top-5", "eval/zeroshot_top1_seen": "zero-shot top-1 (seen pairs)",
               "eval/zeroshot_top1_unseen": "zero-shot top-1 (held-out pairs)",
-              **{f"eval/{d}_r{k}": f"{d.replace('2', '->')} R@{k}" for d in ("i2t", "t2i") for k in retrieval.KS}}
+              **{f"eval/{d}_r{k}": f"{d.replace('2', '->')} R@{k}" for d in ("i2t", "t2i") for k in retrieval.KS},
+              **{f"eval/recall_at_{k}": f"fine R@{k}" for k in fine_retrieval.KS},
+              "eval/head_top1": "head top-1 (clean test)", "eval/noise_auc": "noise-detection AUC",
+              **{f"eval/cluster_acc_{p}": f"clustering acc. ({p})" for p in ("all", "old", "new")}}
 
 
 def validate_eval(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -92,3 +96,21 @@ def zeroshot_monitor(run: Run, state: TrainState, specs: Any) -> dict[str, float
 def retrieval_monitor(run: Run, state: TrainState, specs: Any) -> dict[str, float]:
   """Retrieval recall@1/5/10 both ways on the test split's captions, as a training monitor."""
   return retrieval.evaluate_retrieval(run, state, specs)
+
+
+@MONITORS.register("fine_recall")
+def fine_recall_monitor(run: Run, state: TrainState, specs: Any) -> dict[str, float]:
+  """Recall@1/2/5/10 of test images retrieving test images of their fine label (MaskCon's protocol)."""
+  return fine_retrieval.evaluate_fine_recall(run, state, specs)
+
+
+@MONITORS.register("noisy_labels")
+def noisy_labels_monitor(run: Run, state: TrainState, specs: Any) -> dict[str, float]:
+  """Clean-test accuracy of the method's classifier head and the noise-detection ROC-AUC of its cleanness scores."""
+  return noise_detection.evaluate_noisy_labels(run, state, specs)
+
+
+@MONITORS.register("discovery")
+def discovery_monitor(run: Run, state: TrainState, specs: Any) -> dict[str, float]:
+  """Clustering accuracy (All / Old / New) of semi-supervised k-means on the training split (GCD's protocol)."""
+  return clustering.evaluate_discovery(run, state, specs)
