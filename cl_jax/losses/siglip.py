@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from cl_jax import parallel
+from cl_jax.losses import ring
 from cl_jax.losses.contrastive import l2_normalize
 
 LOG_TEMPERATURE_INIT = math.log(10.0)   # SigLIP Sec. 3.2: t' = log 10
@@ -27,8 +28,9 @@ def siglip_loss(image_emb: jax.Array, text_emb: jax.Array, log_temperature: jax.
   With `axis_name` (Sec. 3.3, "efficient chunked implementation"): each device scores its images against its own
   texts, then passes its texts to the next device (`ppermute` around the ring) n - 1 times, so no device ever holds
   more than a local x local block of logits; the block sums are added over devices and divided by the global batch
-  N. The value and gradient equal the one-device loss over the global batch. Returns (loss, {"temperature",
-  "bias"}).
+  N. The backward pass rotates the texts again and recomputes each block (ring.sigmoid_sum, a custom_vjp): plain
+  autodiff through the rotation loop would keep every block's logits, [b, N] per device. The value and gradient
+  equal the one-device loss over the global batch. Returns (loss, {"temperature", "bias"}).
   """
   img, txt = l2_normalize(image_emb), l2_normalize(text_emb)
   t = jnp.exp(log_temperature.astype(jnp.float32))
@@ -36,15 +38,7 @@ def siglip_loss(image_emb: jax.Array, text_emb: jax.Array, log_temperature: jax.
   if axis_name is None:
     total, n = _block_loss(img, txt, t, bias, True), img.shape[0]
   else:
-    num_devices = parallel.axis_size(axis_name)
-    ring = [(d, (d + 1) % num_devices) for d in range(num_devices)]
-
-    def step(carry, _):
-      texts, acc = carry
-      texts = jax.lax.ppermute(texts, axis_name, ring)   # the previous device's texts: negatives only
-      return (texts, acc + _block_loss(img, texts, t, bias, False)), None
-
-    own = _block_loss(img, txt, t, bias, True)
-    (_, local), _ = jax.lax.scan(step, (txt, own), None, length=num_devices - 1)
-    total, n = parallel.psum(local, axis_name), img.shape[0] * num_devices
+    rows = ring.global_rows(img.shape[0], axis_name)   # z_ij = +1 for the pair's own text only
+    local = ring.sigmoid_sum(img, txt, t, bias, rows, rows, axis_name)
+    total, n = parallel.psum(local, axis_name), img.shape[0] * parallel.axis_size(axis_name)
   return total / n, {"temperature": t, "bias": bias}

@@ -11,6 +11,7 @@ from flax import linen as nn
 
 from cl_jax import parallel
 from cl_jax.losses.infonce import moco_v3_ctr
+from cl_jax.losses.ring import contrastive_impl
 from cl_jax.methods import METHODS
 from cl_jax.schema import Field
 from cl_jax.methods.base import Method, RunFacts, Views
@@ -62,6 +63,7 @@ class MoCoV3(Method):
     axis = bn_axis(config)
     self.temperature = float(m["temperature"])
     self.base_momentum = float(m["base_momentum"])
+    self.impl = contrastive_impl(config)   # config.parallel.contrastive_impl: gather | ring
     if self.temperature <= 0:
       raise ValueError(f"method.temperature={self.temperature} must be > 0; MoCo v3 uses 0.2 (ViT) or 1.0 (ResNet).")
     frozen = tuple(config.optim.get("frozen", None) or ())
@@ -117,8 +119,8 @@ class MoCoV3(Method):
     target = state["ema"]
     k1, t_stats = self._key(target, crops[0])
     k2, t_stats = self._key({"params": target["params"], "batch_stats": t_stats}, crops[1])
-    l1, m1 = moco_v3_ctr(q1, k2, self.temperature, parallel.DATA)
-    l2, m2 = moco_v3_ctr(q2, k1, self.temperature, parallel.DATA)
+    l1, m1 = moco_v3_ctr(q1, k2, self.temperature, parallel.DATA, impl=self.impl)
+    l2, m2 = moco_v3_ctr(q2, k1, self.temperature, parallel.DATA, impl=self.impl)
     metrics = {"embedding_std": embedding_std(z1, parallel.DATA), "features": h1,
                "contrast_acc": (m1["contrast_acc"] + m2["contrast_acc"]) / 2, "ema_momentum": self._momentum(step)}
     new_state = {"batch_stats": parallel.pmean_varying(stats),

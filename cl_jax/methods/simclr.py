@@ -6,6 +6,7 @@ import ml_collections
 
 from cl_jax import parallel
 from cl_jax.losses.contrastive import nt_xent
+from cl_jax.losses.ring import contrastive_impl
 from cl_jax.methods import METHODS
 from cl_jax.schema import Field
 from cl_jax.methods.common import bn_axis, embedding_std, two_views
@@ -26,6 +27,7 @@ class SimCLR(Method):
     super().__init__(config, run_facts)
     m = self.hp
     self.temperature = m.temperature
+    self.impl = contrastive_impl(config)   # config.parallel.contrastive_impl: gather | ring
     self.model = Encoder(
         backbone=build_backbone(config.model),
         head=simclr_head(m["version"], m.proj_hidden, m.proj_dim, bn_axis(config)))
@@ -39,7 +41,7 @@ class SimCLR(Method):
     b = crops.shape[1]
     x = crops.reshape((2 * b,) + crops.shape[2:])
     (h, z), updates = self.model.apply({"params": params, **state}, x, train=True, mutable=["batch_stats"])
-    loss, metrics = nt_xent(z[:b], z[b:], self.temperature, axis_name=parallel.DATA)
+    loss, metrics = nt_xent(z[:b], z[b:], self.temperature, axis_name=parallel.DATA, impl=self.impl)
     metrics["embedding_std"] = embedding_std(z, parallel.DATA)
     metrics["features"] = h[:b]   # for the online linear probe
     return loss, ({"batch_stats": parallel.pmean_varying(updates["batch_stats"])}, metrics)

@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 
 from cl_jax import parallel
+from cl_jax.losses.ring import contrastive_impl
 from cl_jax.losses.unicl import unicl_loss
 from cl_jax.methods import METHODS
 from cl_jax.methods.language_image import LanguageImageMethod
@@ -16,6 +17,10 @@ class UniCL(LanguageImageMethod):
   directions. `views["text_label"]` is the class id of a label-prompt text and -1 for a free caption
   (config.data.text.source='mixed' gives both)."""
 
+  def __init__(self, config, run_facts):
+    super().__init__(config, run_facts)
+    self.impl = contrastive_impl(config)   # config.parallel.contrastive_impl: gather | ring
+
   def loss_params(self) -> dict[str, jax.Array]:
     """The learnable log temperature of Eq. 3-4, initialised as CLIP's log(1/0.07)."""
     return {"logit_scale": jnp.asarray(self.hp.logit_scale_init, jnp.float32)}
@@ -25,4 +30,4 @@ class UniCL(LanguageImageMethod):
     if labels is None:
       raise ValueError("unicl found no 'text_label' in the batch; set config.data.text.source to 'mixed' or "
                        "'label_prompt' so the data source adds it.")
-    return unicl_loss(z_img, z_txt, labels, params["logit_scale"], axis_name=parallel.DATA)
+    return unicl_loss(z_img, z_txt, labels, params["logit_scale"], axis_name=parallel.DATA, impl=self.impl)
