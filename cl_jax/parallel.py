@@ -10,26 +10,43 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from cl_jax.schema import Field, validate
+
 DATA = "data"
 
 
-def initialize_distributed() -> None:
+# config.parallel: num_devices (0: every device), shard_state (ZeRO-style optimizer/EMA state over 'data'),
+# contrastive_impl (gather | ring: cl_jax/losses/ring.py), peer_timeout_seconds (cl_jax/peers.py).
+SCHEMA = {"num_devices": Field(0, low=0), "shard_state": Field(False, choices=(True, False)),
+          "contrastive_impl": Field("gather", choices=("gather", "ring")),
+          "peer_timeout_seconds": Field(60.0, low=0, open_low=True)}
+
+
+def parallel_section(config: Any) -> dict[str, Any]:
+  """config.parallel validated (None: the default); an unknown field or a bad value is one line."""
+  section = dict(config.get("parallel", None) or {})
+  return validate("parallel", {k: v for k, v in section.items() if v is not None}, SCHEMA, ignore=())
+
+
+def initialize_distributed(peer_timeout_seconds: float = 60.0) -> None:
   """Joins a multi-host run when the environment describes one (TPU pods, SLURM, or explicit variables).
 
   Set CL_JAX_COORDINATOR=host:port, CL_JAX_NUM_PROCESSES and CL_JAX_PROCESS_ID for an explicit cluster
   (e.g. two local processes in the tests); TPU pods and SLURM are detected by jax itself when
-  CL_JAX_DISTRIBUTED=1.
+  CL_JAX_DISTRIBUTED=1. JAX's own heartbeat timeout is set well past `peer_timeout_seconds`, so cl_jax's peer
+  watch (cl_jax/peers.py) names a lost process before JAX aborts with a fatal stack dump.
   """
   if jax.distributed.is_initialized():
     return
+  timeouts = {"heartbeat_timeout_seconds": int(max(100, 2 * peer_timeout_seconds + 30))}
   coordinator = os.environ.get("CL_JAX_COORDINATOR")
   if coordinator:
     jax.distributed.initialize(
         coordinator_address=coordinator,
         num_processes=int(os.environ["CL_JAX_NUM_PROCESSES"]),
-        process_id=int(os.environ["CL_JAX_PROCESS_ID"]))
+        process_id=int(os.environ["CL_JAX_PROCESS_ID"]), **timeouts)
   elif os.environ.get("CL_JAX_DISTRIBUTED") == "1":
-    jax.distributed.initialize()
+    jax.distributed.initialize(**timeouts)
 
 
 def make_mesh(num_devices: int | None = None) -> Mesh:

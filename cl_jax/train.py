@@ -15,7 +15,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, PartitionSpec as P
 
-from cl_jax import checkpoint, optim, parallel, preemption, reporting, workdir as workdir_lib
+from cl_jax import checkpoint, optim, parallel, peers, preemption, reporting, workdir as workdir_lib
 from cl_jax.data import augment, label_regimes, pipeline, sources
 from cl_jax.eval import features, monitors as eval_monitors, online_probe, settings
 from cl_jax.data.view_grid import view_grid_image
@@ -26,13 +26,14 @@ from cl_jax.run_state import Run, TrainState   # re-exported: `from cl_jax.train
 
 def build_run(config: ml_collections.ConfigDict) -> Run:
   """Validates the config and builds mesh, method, optimizer and data sources; fails fast with one line."""
-  mesh = parallel.make_mesh(config.get("parallel", {}).get("num_devices"))
+  parallel_cfg = parallel.parallel_section(config)   # a typo in config.parallel fails before anything is built
+  mesh = parallel.make_mesh(parallel_cfg["num_devices"] or None)
   local_batch = parallel.check_batch_size(config.batch_size, mesh)
   method_class(config)   # an unknown method name fails before any data is built
   # Each section against its declared fields (every evaluator's, the chosen backbone's, optimizer's, source's):
   # one line per typo; validated once, kept on the Run.
   sections = {"eval": eval_monitors.validate_eval(config), "model": model_section(config.model),
-              "optim": optim.optim_section(config.optim), "data": sources.data_section(config.data, config.dataset)}
+              "optim": optim.optim_section(config.optim), "data": sources.data_section(config.data, config.dataset), "parallel": parallel_cfg}
   data_cfg = sections["data"]
   train_source = sources.get_source(data_cfg, "train")
   has_test = eval_monitors.needs_test_split(train_source)
@@ -228,7 +229,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   SIGTERM writes a checkpoint at the next step boundary and returns early; rerunning resumes.
   """
-  parallel.initialize_distributed()
+  peer_timeout = float(config.get("parallel", {}).get("peer_timeout_seconds", 60.0))
+  parallel.initialize_distributed(peer_timeout)
   workdir_lib.check_resumable(workdir, config)
   run = build_run(config)
   workdir_lib.write_config(workdir, config)
@@ -282,11 +284,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   batches = _batches(loader_iter, run.mesh)
   log_every, eval_every = config.get("log_every", 50), eval_cfg.every
   ckpt_every = config.get("checkpoint_every", 1000)
-  guard = preemption.PreemptionGuard()
+  guard = preemption.PreemptionGuard(check_every=config.get("preemption_check_every", 10))
+  watch = peers.PeerWatch(peer_timeout, ckpt.latest_step)   # multi-host: a dead peer ends the run in one line
   step = start
   warned: set[str] = set()
   try:
     while step < run.total_steps:
+      watch.step = step
       if run.method.EPOCH_START and step % run.steps_per_epoch == 0:
         state, epoch_metrics = run_epoch_start(run, state, specs, step)
         reporter.write(step, epoch_metrics)
@@ -294,7 +298,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         timer.reset(step)
       state, metrics = train_step(state, next(batches))
       step += 1
-      stop = guard.should_stop()
+      stop = guard.should_stop(step)
       is_log = step % log_every == 0 or step == run.total_steps
       is_ckpt = step % ckpt_every == 0 or step == run.total_steps or stop
       if step == start + 1 and not is_log:   # images/s leaves out the first step's compilation
@@ -316,12 +320,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         ckpt.save(step, state, loader_iter.get_state())
       if stop:
         ckpt.wait()
-        reporter.say(f"Preempted: checkpoint written at step {step}; rerun the same command to resume.")
+        said = f"Preempted: checkpoint written at step {step}; rerun the same command to resume."
+        reporter.say(said) if reporter.active else print(f"[process {jax.process_index()}] {said}", flush=True)
         break
       if (eval_every and step % eval_every == 0) or step == run.total_steps:
         run_eval(step)
         timer.reset(step)
+  except jax.errors.JaxRuntimeError as e:
+    watch.wait_for_verdict(e)   # a collective failed: a lost peer exits with one line, anything else re-raises
   finally:
+    watch.close()
     guard.close()
     ckpt.close()
     if best_ckpt is not None:

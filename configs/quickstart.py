@@ -62,6 +62,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.best_metric = ""   # e.g. "eval/knn_top1": also keep the best checkpoint by it in checkpoints_best/
   c.tensorboard = True
   c.online_probe = False
+  # num_devices 0: all; contrastive_impl "ring" rotates keys instead of gathering them (cl_jax/losses/ring.py);
+  # a multi-host peer silent for peer_timeout_seconds ends the run with one line naming it (cl_jax/peers.py).
+  c.parallel = dict(num_devices=0, shard_state=False, contrastive_impl="gather", peer_timeout_seconds=60.0)
   apply_method(c, a.method)   # after the defaults: a method may change augment, optim, eval ...
   if a.runlocal:
     c.data.num_train, c.data.num_test = 512, 256

@@ -114,7 +114,17 @@ def test_resolved_json_records_every_declared_field_with_its_default(tmp_path):
   workdir_lib.write_resolved(str(tmp_path), sections)
   with open(tmp_path / "resolved.json") as f:
     resolved = json.load(f)
-  assert set(resolved) == {"method", "model", "optim", "data", "eval"}
+  assert set(resolved) == {"method", "model", "optim", "data", "eval", "parallel"}
   assert resolved["method"]["proj_dim"] == 128 and resolved["method"]["temperature"] == config.method.temperature
   assert resolved["model"]["bn"] == config.model.bn and "held_out_pairs" in resolved["data"]   # the shapes' field
   assert resolved["eval"]["knn_k"] == config.eval.knn_k
+
+
+def test_parallel_section_typos_and_values_are_one_line():
+  from tests.harness import one_line_error  # pylint: disable=g-import-not-at-top
+  config = quickstart.get_config("runlocal")
+  config.parallel.contrastive_imp = "ring"
+  one_line_error(lambda: train.build_run(config), "contrastive_imp", "contrastive_impl")
+  config = quickstart.get_config("runlocal")
+  config.parallel.contrastive_impl = "rings"
+  one_line_error(lambda: train.build_run(config), "rings")
