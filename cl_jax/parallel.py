@@ -50,9 +50,9 @@ def initialize_distributed(peer_timeout_seconds: float = 60.0) -> None:
 
 
 def make_mesh(num_devices: int | None = None) -> Mesh:
-  """A 1-D mesh with axis 'data' over all devices of all hosts (or the first `num_devices`)."""
+  """A 1-D mesh with axis 'data' over all devices of all hosts (or the first `num_devices`; 0 or None: all)."""
   devices = jax.devices()
-  if num_devices is not None:
+  if num_devices:
     if num_devices > len(devices):
       raise ValueError(f"Asked for {num_devices} devices but only {len(devices)} exist; lower parallel.num_devices.")
     devices = devices[:num_devices]
