@@ -107,7 +107,7 @@ def test_validate_fills_the_declared_defaults():
     ({"knn_temperature": 0.0}, r"^eval\.knn_temperature=0\.0: must be > 0\.$"),
     ({"crop_frac": 1.5}, r"^eval\.crop_frac=1\.5: must be <= 1\.$"),
     ({"linear_fast": "yes"}, r"^eval\.linear_fast='yes': must be one of True, False\.$"),
-    ({"monitors": ("knn", "zeroshott")}, r"^Unknown eval monitor 'zeroshott'; known eval monitors: knn, "),
+    ({"monitors": ("knn", "zeroshott")}, r"^Unknown eval monitor 'zeroshott'; known eval monitors: discovery, fine_recall, knn, "),
     ({"monitors": "knn"}, r"^eval\.monitors='knn': must be a tuple of names"),
 ])
 def test_bad_eval_values_are_one_line(values, message):
