@@ -20,6 +20,8 @@ from __future__ import annotations
 import ml_collections
 
 from cl_jax.config_args import parse_arg
+from cl_jax.config_recipe import (CLIP_TEXT, LOCAL_LANGUAGE_EVAL, LOCAL_TEXT, SHAPES_CAPTIONS, local_shapes,
+                                  run_fields, web_captions)
 from cl_jax.data.augment import group
 
 CROP = dict(views=1, scale=(0.9, 1.0), ratio=(1.0, 1.0), flip_p=0.0, jitter_p=0.0, grayscale_p=0.0, blur_p=(0.0,))
@@ -32,10 +34,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.seed = 0
   c.method = dict(name="clip", embed_dim=1024, image_projection=False)
   c.model = dict(name="clip_rn50", output_dim=1024, bn="sync", dtype="bfloat16")
-  c.text_model = dict(width=512, depth=12, heads=8, mlp_ratio=4, act="quick_gelu", dtype="bfloat16")
-  c.dataset = f"webdataset:{a.shards}"
-  c.data = dict(image_size=224, seed=0, worker_count=16, holdout_frac=0.001, on_bad_image="skip",
-                text=dict(tokenizer="bpe", merges_path=a.merges, context_length=77, source="caption"))
+  c.text_model = dict(CLIP_TEXT)
+  web_captions(c, a.shards, a.merges)
   c.augment = ml_collections.ConfigDict({"global": group(size=224, **CROP)})
   c.batch_size = a.batch
   c.num_epochs = a.epochs
@@ -43,20 +43,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optim = dict(name="adamw", lr=1e-3, lr_scaling="none", b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.1,
                  warmup_steps=10_000, schedule="cosine", exclude_bias_and_norm=True)
   c.eval = dict(every=5000, batch_size=1024, monitors=("retrieval",), retrieval_examples=0)
-  c.log_every = 100
-  c.checkpoint_every = 2000
-  c.keep_checkpoints = 3
-  c.tensorboard = True
-  c.online_probe = False
+  run_fields(c)
   if a.runlocal:
     c.model = dict(name="clip_resnet_tiny", output_dim=64, bn="sync", dtype="float32")
     c.method.embed_dim = 64
-    c.text_model = dict(width=32, depth=1, heads=2)
-    c.dataset = "shapes"
-    c.data = dict(image_size=32, num_train=256, num_test=128, seed=0, worker_count=0,
-                  text=dict(tokenizer="shapes", context_length=24, source="caption"))
+    c.text_model = dict(LOCAL_TEXT)
+    local_shapes(c, text=SHAPES_CAPTIONS)
     c.augment = ml_collections.ConfigDict({"global": group(size=32, **CROP)})
-    c.batch_size, c.total_steps, c.log_every, c.checkpoint_every = 64, 3, 1, 3
-    c.eval = dict(every=0, batch_size=128, monitors=("zeroshot", "retrieval"))
+    c.eval = dict(LOCAL_LANGUAGE_EVAL)
     c.optim.warmup_steps = 0
   return c

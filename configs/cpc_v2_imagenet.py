@@ -15,6 +15,7 @@ from __future__ import annotations
 import ml_collections
 
 from cl_jax.config_args import parse_arg
+from cl_jax.config_recipe import local_shapes, run_fields
 from cl_jax.data.augment import group
 
 
@@ -37,18 +38,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                  schedule="cosine")
   c.eval = dict(every=5000, knn_k=200, knn_temperature=0.07, batch_size=512, image_size=256, crop_frac=0.875,
                 knn_train_examples=100_000)
-  c.log_every = 100
-  c.checkpoint_every = 1000
-  c.keep_checkpoints = 3
-  c.tensorboard = True
-  c.online_probe = False
+  run_fields(c, checkpoint_every=1000)
   if a.runlocal:
     c.method.update(dict(patch_size=16, patch_stride=8, pred_steps=2, context_blocks=1, context_hidden=32))
     c.model = dict(name="resnet_tiny", width=1.0, stem="small", bn="sync", dtype="float32")
-    c.dataset = "shapes"
-    c.data = dict(image_size=32, num_train=256, num_test=128, seed=0, worker_count=0)
+    local_shapes(c, batch=32)
     c.augment["global"].size = 32
-    c.batch_size, c.total_steps, c.log_every, c.checkpoint_every = 32, 3, 1, 3
     c.eval.update(dict(batch_size=128, every=0, image_size=32, knn_train_examples=256))
     c.optim.warmup_epochs = 0
   return c

@@ -17,6 +17,7 @@ from __future__ import annotations
 import ml_collections
 
 from cl_jax.config_args import load_sibling, parse_arg
+from cl_jax.config_recipe import local_shapes, run_fields
 
 crops = load_sibling(__file__, "dino_imagenet").crops
 
@@ -43,18 +44,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                  exclude_bias_and_norm=True, clip_norm=3.0, clip_mode="per_param", frozen=("last_layer",),
                  frozen_steps=CIFAR10_TRAIN_EXAMPLES // a.batch)   # freeze_last_layer=1 epoch
   c.eval = dict(every=5000, knn_k=200, knn_temperature=0.07, batch_size=1000)
-  c.log_every = 100
-  c.checkpoint_every = 2000
-  c.keep_checkpoints = 3
-  c.tensorboard = True
-  c.online_probe = False
+  run_fields(c)
   if a.runlocal:
     c.model.name = "resnet_tiny"
     c.method.update(dict(out_dim=256, hidden_dim=64, bottleneck_dim=32))
     c.augment["local"].views = 2
-    c.dataset = "shapes"
-    c.data = dict(image_size=32, num_train=256, num_test=128, seed=0, worker_count=0)
-    c.batch_size, c.total_steps, c.log_every, c.checkpoint_every = 64, 3, 1, 3
+    local_shapes(c)
     c.eval.batch_size, c.eval.every = 128, 0
     c.optim.update(dict(warmup_epochs=0, frozen_steps=1))
   return c

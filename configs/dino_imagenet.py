@@ -23,6 +23,7 @@ from __future__ import annotations
 import ml_collections
 
 from cl_jax.config_args import parse_arg
+from cl_jax.config_recipe import local_shapes, run_fields
 from cl_jax.data.augment import group
 
 IMAGENET_TRAIN_EXAMPLES = 1_281_167
@@ -78,19 +79,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                       frozen=("last_layer",), frozen_steps=steps_per_epoch))   # freeze_last_layer=1
   c.eval = dict(every=5000, knn_k=20, knn_temperature=0.07, batch_size=1024, image_size=224, crop_frac=0.875,
                 knn_train_examples=100_000)
-  c.log_every = 100
-  c.checkpoint_every = 1000
-  c.keep_checkpoints = 3
-  c.tensorboard = True
-  c.online_probe = False
+  run_fields(c, checkpoint_every=1000)
   if a.runlocal:
     c.model = (dict(name="vit_micro", patch_size=8, dtype="float32") if vit else
                dict(name="resnet_tiny", width=1.0, stem="cifar", bn="sync", dtype="float32"))
     c.method.update(dict(out_dim=256, hidden_dim=64, bottleneck_dim=32))
-    c.dataset = "shapes"
-    c.data = dict(image_size=32, num_train=256, num_test=128, seed=0, worker_count=0)
+    local_shapes(c)
     c.augment["global"].size, c.augment["local"].size, c.augment["local"].views = 32, 16, 2
-    c.batch_size, c.total_steps, c.log_every, c.checkpoint_every = 64, 3, 1, 3
     c.eval.update(dict(batch_size=128, every=0, image_size=32, crop_frac=1.0, knn_train_examples=256))
     c.optim.update(dict(warmup_epochs=0, frozen_steps=1))
   return c

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ml_collections
 
 from cl_jax.config_args import parse_arg
+from cl_jax.config_recipe import local_shapes, run_fields
 from cl_jax.data.augment import group
 
 
@@ -35,16 +36,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optim = dict(name="sgd", lr=0.06, lr_scaling="linear", base_batch=512, momentum=0.9, weight_decay=5e-4,
                  warmup_epochs=0, schedule="cosine", exclude_bias_and_norm=False)
   c.eval = dict(every=5000, knn_k=200, knn_temperature=0.07, batch_size=1000)
-  c.log_every = 100
-  c.checkpoint_every = 2000
-  c.keep_checkpoints = 3
-  c.tensorboard = True
-  c.online_probe = False
+  run_fields(c)
   if a.runlocal:
     c.model.name = "resnet_tiny"
-    c.dataset = "shapes"
-    c.data = dict(image_size=32, num_train=256, num_test=128, seed=0, worker_count=0)
+    local_shapes(c)
     c.method.update(dict(proj_hidden=64, queue_size=256))
-    c.batch_size, c.total_steps, c.log_every, c.checkpoint_every = 64, 3, 1, 3
     c.eval.batch_size, c.eval.every = 128, 0
   return c

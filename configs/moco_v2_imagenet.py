@@ -16,6 +16,7 @@ from __future__ import annotations
 import ml_collections
 
 from cl_jax.config_args import parse_arg
+from cl_jax.config_recipe import local_shapes, run_fields
 from cl_jax.data.augment import group
 
 
@@ -38,17 +39,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                  warmup_epochs=0, schedule="cosine", exclude_bias_and_norm=False)
   c.eval = dict(every=5000, knn_k=200, knn_temperature=0.07, batch_size=1024, image_size=224, crop_frac=0.875,
                 knn_train_examples=100_000)
-  c.log_every = 100
-  c.checkpoint_every = 1000
-  c.keep_checkpoints = 3
-  c.tensorboard = True
-  c.online_probe = False
+  run_fields(c, checkpoint_every=1000)
   if a.runlocal:
     c.model = dict(name="resnet_tiny", width=1.0, stem="imagenet", bn="local", dtype="float32")
-    c.dataset = "shapes"
-    c.data = dict(image_size=64, num_train=256, num_test=128, seed=0, worker_count=0)
+    local_shapes(c, image_size=64)
     c.augment["global"].size = 56
     c.method.update(dict(proj_hidden=64, queue_size=256))
-    c.batch_size, c.total_steps, c.log_every, c.checkpoint_every = 64, 3, 1, 3
     c.eval.update(dict(batch_size=128, every=0, image_size=56, knn_train_examples=256))
   return c

@@ -14,6 +14,8 @@ from __future__ import annotations
 import ml_collections
 
 from cl_jax.config_args import parse_arg
+from cl_jax.config_recipe import (LOCAL_LANGUAGE_EVAL, LOCAL_TEXT, SHAPES_CAPTIONS, local_shapes, run_fields,
+                                  web_captions)
 from cl_jax.data.augment import group
 
 CROP = dict(views=1, scale=(0.9, 1.0), ratio=(1.0, 1.0), flip_p=0.0, jitter_p=0.0, grayscale_p=0.0, blur_p=(0.0,))
@@ -27,9 +29,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.method = dict(name="siglip", embed_dim=768)
   c.model = dict(name="vit_base", patch_size=16, dtype="bfloat16")
   c.text_model = dict(width=768, depth=12, heads=12, mlp_ratio=4, act="gelu", dtype="bfloat16")
-  c.dataset = f"webdataset:{a.shards}"
-  c.data = dict(image_size=224, seed=0, worker_count=32, holdout_frac=0.0005, on_bad_image="skip",
-                text=dict(tokenizer="bpe", merges_path=a.merges, context_length=64, source="caption"))
+  web_captions(c, a.shards, a.merges, worker_count=32, holdout_frac=0.0005, context_length=64)
   c.augment = ml_collections.ConfigDict({"global": group(size=224, **CROP)})
   c.batch_size = a.batch
   c.num_epochs = a.epochs
@@ -37,20 +37,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optim = dict(name="adamw", lr=1e-3, lr_scaling="none", b1=0.9, b2=0.95, weight_decay=1e-4,
                  warmup_steps=5000, schedule="cosine", exclude_bias_and_norm=True)
   c.eval = dict(every=10_000, batch_size=2048, monitors=("retrieval",), retrieval_examples=0)
-  c.log_every = 100
-  c.checkpoint_every = 2000
-  c.keep_checkpoints = 3
-  c.tensorboard = True
-  c.online_probe = False
+  run_fields(c)
   if a.runlocal:
     c.model = dict(name="vit_micro", patch_size=8, dtype="float32")
     c.method.embed_dim = 32
-    c.text_model = dict(width=32, depth=1, heads=2, act="gelu")
-    c.dataset = "shapes"
-    c.data = dict(image_size=32, num_train=256, num_test=128, seed=0, worker_count=0,
-                  text=dict(tokenizer="shapes", context_length=24, source="caption"))
+    c.text_model = dict(LOCAL_TEXT, act="gelu")
+    local_shapes(c, text=SHAPES_CAPTIONS)
     c.augment = ml_collections.ConfigDict({"global": group(size=32, **CROP)})
-    c.batch_size, c.total_steps, c.log_every, c.checkpoint_every = 64, 3, 1, 3
-    c.eval = dict(every=0, batch_size=128, monitors=("zeroshot", "retrieval"))
+    c.eval = dict(LOCAL_LANGUAGE_EVAL)
     c.optim.warmup_steps = 0
   return c

@@ -19,6 +19,7 @@ from __future__ import annotations
 import ml_collections
 
 from cl_jax.config_args import parse_arg
+from cl_jax.config_recipe import local_shapes, run_fields
 from cl_jax.data.augment import group
 
 IMAGENET_TRAIN_EXAMPLES = 1_281_167
@@ -55,18 +56,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                  end_lr=lr / 1000, frozen=("prototypes",), frozen_steps=5005 if a.bs256 else 313)
   c.eval = dict(every=5000, knn_k=20, knn_temperature=0.07, batch_size=1024, image_size=224, crop_frac=0.875,
                 knn_train_examples=100_000)
-  c.log_every = 100
-  c.checkpoint_every = 1000
-  c.keep_checkpoints = 3
-  c.tensorboard = True
-  c.online_probe = False
+  run_fields(c, checkpoint_every=1000)
   if a.runlocal:
     c.model = dict(name="resnet_tiny", width=1.0, stem="cifar", bn="sync", dtype="float32")
     c.method.update(dict(proj_hidden=64, proj_dim=32, num_prototypes=50, queue_length=128, queue_start_epoch=0))
-    c.dataset = "shapes"
-    c.data = dict(image_size=32, num_train=256, num_test=128, seed=0, worker_count=0)
+    local_shapes(c)
     c.augment["global"].size, c.augment["local"].size, c.augment["local"].views = 32, 16, 2
-    c.batch_size, c.total_steps, c.log_every, c.checkpoint_every = 64, 3, 1, 3
     c.eval.update(dict(batch_size=128, every=0, image_size=32, crop_frac=1.0, knn_train_examples=256))
     c.optim.update(dict(warmup_epochs=0, frozen_steps=1))
   return c

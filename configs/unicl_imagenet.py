@@ -18,6 +18,7 @@ from __future__ import annotations
 import ml_collections
 
 from cl_jax.config_args import parse_arg
+from cl_jax.config_recipe import CLIP_TEXT, LOCAL_LANGUAGE_EVAL, LOCAL_TEXT, local_shapes, run_fields
 from cl_jax.data.augment import group
 
 
@@ -28,7 +29,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.seed = 0
   c.method = dict(name="unicl", embed_dim=512)
   c.model = dict(name="resnet50", bn="sync", dtype="bfloat16")
-  c.text_model = dict(width=512, depth=12, heads=8, mlp_ratio=4, act="quick_gelu", dtype="bfloat16")
+  c.text_model = dict(CLIP_TEXT)
   c.dataset = a.dataset
   c.data = dict(image_size=224, seed=0, worker_count=16, data_dir=None, caption_key=None, class_folders=False,
                 on_bad_image="skip", holdout_frac=0.1,
@@ -41,21 +42,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optim = dict(name="adamw", lr=5e-4, lr_scaling="none", b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.1,
                  warmup_epochs=5, schedule="cosine", exclude_bias_and_norm=True, clip_norm=5.0)
   c.eval = dict(every=5000, batch_size=1024, monitors=("zeroshot",))
-  c.log_every = 100
-  c.checkpoint_every = 2000
-  c.keep_checkpoints = 3
-  c.tensorboard = True
-  c.online_probe = False
+  run_fields(c)
   if a.runlocal:
     c.model = dict(name="resnet_tiny", bn="sync", dtype="float32")
     c.method.embed_dim = 32
-    c.text_model = dict(width=32, depth=1, heads=2)
-    c.dataset = "shapes"
-    c.data = dict(image_size=32, num_train=256, num_test=128, seed=0, worker_count=0,
-                  text=dict(tokenizer="shapes", context_length=24, source="mixed"))
+    c.text_model = dict(LOCAL_TEXT)
+    local_shapes(c, text=dict(tokenizer="shapes", context_length=24, source="mixed"))
     c.augment = ml_collections.ConfigDict({"global": group(size=32, views=1, scale=(0.6, 1.0), flip_p=0.0,
                                                            jitter_p=0.0, grayscale_p=0.0, blur_p=(0.0,))})
-    c.batch_size, c.total_steps, c.log_every, c.checkpoint_every = 64, 3, 1, 3
-    c.eval = dict(every=0, batch_size=128, monitors=("zeroshot", "retrieval"))
+    c.eval = dict(LOCAL_LANGUAGE_EVAL)
     c.optim.warmup_epochs = 0
   return c

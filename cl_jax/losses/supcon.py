@@ -8,9 +8,11 @@ import jax.numpy as jnp
 from cl_jax import parallel
 from cl_jax.losses.contrastive import l2_normalize
 
+_MASKED = -1e9   # a finite "minus infinity": exp underflows to exactly 0 and no row can be all -inf (no NaN)
+
 
 def supcon(z: jax.Array, labels: jax.Array | None, temperature: float, base_temperature: float = 0.07,
-           axis_name: str | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+           axis_name: str | None = None, labelled_only: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Every view of the global batch is an anchor and the contrast set is all other views; an anchor's positives
   are the other views of its own example and of every example with the same label; per anchor the loss is
   -(t / base_t) * mean over positives of log softmax, then the mean over all anchors.
@@ -21,6 +23,10 @@ def supcon(z: jax.Array, labels: jax.Array | None, temperature: float, base_temp
   With `axis_name` the views and labels of the whole batch are all-gathered and the loss and its gradient equal
   the one-device loss over the global batch. Returns (loss, {"contrast_acc": fraction of anchors whose
   highest-scoring other view is a positive, "positives": mean positives per anchor}).
+
+  `labelled_only` is SupCon as GCD and DCCL call it (official GCD/DCCL `sup_con_crit(feats[label_masks],
+  labels[label_masks])`): unlabelled examples are neither anchor nor contrast, the mean runs over the labelled
+  anchors that have a positive, and a global batch without a label gives 0.
   """
   v, b, _ = z.shape
   z = l2_normalize(z)
@@ -37,16 +43,19 @@ def supcon(z: jax.Array, labels: jax.Array | None, temperature: float, base_temp
   anchors = z.reshape(v * b, -1)                                                     # view-major, as contrast
   logits = anchors @ contrast.T / temperature                                        # [V b, V N]
   self_col = (jnp.arange(v)[:, None] * n + local_ids[None, :]).reshape(-1)
-  not_self = jnp.arange(v * n)[None, :] != self_col[:, None]
-  positive = (jnp.tile(keys, v)[None, :] == jnp.tile(local_key, v)[:, None]) & not_self
-  logits = jnp.where(not_self, logits, -jnp.inf)
+  usable = jnp.arange(v * n)[None, :] != self_col[:, None]
+  if labelled_only:
+    usable = usable & (jnp.tile(keys, v)[None, :] >= 0)
+  positive = (jnp.tile(keys, v)[None, :] == jnp.tile(local_key, v)[:, None]) & usable
+  logits = jnp.where(usable, logits, _MASKED)
   log_prob = logits - jax.nn.logsumexp(logits, axis=1, keepdims=True)
   count = jnp.sum(positive, axis=1)
   mean_pos = jnp.sum(jnp.where(positive, log_prob, 0.0), axis=1) / jnp.maximum(count, 1)
-  per_anchor = -(temperature / base_temperature) * mean_pos
-  total = v * n
+  anchor = ((jnp.tile(local_key, v) >= 0) & (count > 0)) if labelled_only else jnp.ones((v * b,), bool)
+  per_anchor = jnp.where(anchor, -(temperature / base_temperature) * mean_pos, 0.0)
+  total = jnp.maximum(parallel.psum(jnp.sum(anchor).astype(jnp.float32), axis_name), 1.0)
   loss = parallel.psum(jnp.sum(per_anchor), axis_name) / total
-  hit = jnp.take_along_axis(positive, jnp.argmax(logits, axis=1)[:, None], axis=1)[:, 0]
+  hit = anchor & jnp.take_along_axis(positive, jnp.argmax(logits, axis=1)[:, None], axis=1)[:, 0]
   acc = parallel.psum(jnp.sum(hit.astype(jnp.float32)), axis_name) / total
-  positives = parallel.psum(jnp.sum(count).astype(jnp.float32), axis_name) / total
+  positives = parallel.psum(jnp.sum(jnp.where(anchor, count, 0)).astype(jnp.float32), axis_name) / total
   return loss, {"contrast_acc": acc, "positives": positives}

@@ -12,7 +12,8 @@ import optax
 from cl_jax import parallel
 from cl_jax.data.augment import view_groups
 from cl_jax.losses.contrastive import l2_normalize
-from cl_jax.methods.base import Views
+from cl_jax.methods.base import Method, Views
+from cl_jax.models.encoder import Encoder
 from cl_jax.models.registry import bn_axis_name
 from cl_jax.schema import Field
 
@@ -84,3 +85,30 @@ def ema_update(target: Any, online: Any, momentum: jax.Array | float) -> Any:
 def ema_step(ema: dict[str, Any], online_params: Any, momentum: jax.Array | float) -> dict[str, Any]:
   """The EMA copy after an optimizer update: its params move towards `online_params`, its BN statistics stay."""
   return {**ema, "params": ema_update(ema["params"], online_params, momentum)}
+
+
+class KeyEncoderMethod(Method):
+  """A method whose state["ema"] is a momentum key encoder of its Encoder `self.model` (MoCo, MaskCon): the EMA
+  step after each update (MoCo Eq. 2, theta_k <- m theta_k + (1 - m) theta_q, `self.momentum`) and evaluation of
+  the query encoder's backbone features."""
+
+  momentum: float
+  model: Encoder
+
+  def init_with_queue(self, key: jax.Array, views: Views, queue_size: int, dim: int) -> tuple[Any, dict[str, Any]]:
+    """(params, state) at step 0: the query encoder, its copy as the key encoder, a queue of `queue_size` random
+    unit keys of width `dim` (official MoCo: randn normalised per key; rows = keys) and its write pointer 0."""
+    qkey, mkey = jax.random.split(key)
+    variables = self.model.init(mkey, views["crops"][0][0], train=False)
+    params, stats = variables["params"], variables.get("batch_stats", {})
+    queue = l2_normalize(jax.random.normal(qkey, (queue_size, dim), jnp.float32))
+    return params, {"batch_stats": stats, "ema": ema_init(params, stats), "queue": queue,
+                    "ptr": jnp.zeros((), jnp.int32)}
+
+  def after_update(self, params, state, step):
+    del step
+    return {**state, "ema": ema_step(state["ema"], params, self.momentum)}
+
+  def encode(self, params, state, images):
+    return self.model.apply({"params": params, "batch_stats": state["batch_stats"]}, images, train=False,
+                            method=Encoder.features)

@@ -21,6 +21,24 @@ from cl_jax.models import build_backbone
 from cl_jax.models.text import TextTransformer, build_text_model
 
 
+def batch_tokens(views: Views, batch: int, method: str) -> jax.Array:
+  """The batch's int tokens [batch, context_length], or a one-line error naming config.data.text."""
+  tokens = views.get("tokens")
+  if tokens is None:
+    raise ValueError(f"{method} found no 'tokens' in the batch; set config.data.text "
+                     "(tokenizer, source) so the data source adds them.")
+  if tokens.ndim != 2 or tokens.shape[0] != batch:
+    raise ValueError(f"tokens must be int [batch={batch}, context_length], got shape {tokens.shape}; "
+                     "check config.data.text.")
+  return tokens
+
+
+def init_tokens(views: Views, tokenizer: Tokenizer, batch: int) -> jax.Array:
+  """Tokens for init: the batch's, or empty captions (init only needs a token row of the right length)."""
+  tokens = views.get("tokens")
+  return jnp.asarray(tokenizer.encode([""] * batch)) if tokens is None else tokens
+
+
 class DualEncoder(nn.Module):
   """Image backbone + linear projection (CLIP's W_i) and a text Transformer, both into the joint space."""
   backbone: nn.Module
@@ -91,20 +109,11 @@ class LanguageImageMethod(Method):
 
   # ---------------------------------------------------------------- the Method contract
   def _tokens(self, views: Views, batch: int) -> jax.Array:
-    tokens = views.get("tokens")
-    if tokens is None:
-      raise ValueError(f"{self.config.method.name} found no 'tokens' in the batch; set config.data.text "
-                       "(tokenizer, source) so the data source adds them.")
-    if tokens.ndim != 2 or tokens.shape[0] != batch:
-      raise ValueError(f"tokens must be int [batch={batch}, context_length], got shape {tokens.shape}; "
-                       "check config.data.text.")
-    return tokens
+    return batch_tokens(views, batch, self.config.method.name)
 
   def init(self, key: jax.Array, views: Views):
     images = views["crops"][0][0]
-    tokens = views.get("tokens")
-    if tokens is None:   # the init shapes only need a token row of the right length
-      tokens = jnp.asarray(self.tokenizer.encode([""] * images.shape[0]))
+    tokens = init_tokens(views, self.tokenizer, images.shape[0])
     variables = self.model.init(key, images, tokens, train=False)
     params = {"model": variables["params"], **self.loss_params()}
     return params, {"batch_stats": variables.get("batch_stats", {})}

@@ -62,6 +62,15 @@ def check_rows(name: str, rows: int, num_devices: int, fix: str) -> None:
     raise ValueError(f"{name} of {rows} rows is not divisible by the {num_devices} devices; {fix}.")
 
 
+def check_queue(name: str, queue_size: int, local_batch: int, axis_name: str) -> None:
+  """Fails in one line when a queue cannot be split over the devices or filled by whole global batches."""
+  n = jax.lax.axis_size(axis_name)
+  check_rows(f"{name} queue", queue_size, n, "set method.queue_size to a multiple of the devices")
+  if queue_size % (local_batch * n):
+    raise ValueError(f"{name} queue_size {queue_size} is not divisible by the global batch {local_batch * n}; "
+                     "set method.queue_size to a multiple of the batch.")
+
+
 def enqueue(queue: jax.Array, ptr: jax.Array, keys: jax.Array,
             axis_name: str | None = None) -> tuple[jax.Array, jax.Array]:
   """MoCo's ring-buffer push (He et al. 2020, Alg. 1 'enqueue and dequeue'): global rows ptr..ptr+B <- keys.

@@ -10,8 +10,8 @@ from cl_jax.losses.contrastive import l2_normalize
 from cl_jax.losses.queue import queue_info_nce
 from cl_jax.methods import METHODS, memory_bank
 from cl_jax.schema import Field
-from cl_jax.methods.base import Method, RunFacts, Views
-from cl_jax.methods.common import ema_init, ema_step, embedding_std, momentum_field
+from cl_jax.methods.base import RunFacts, Views
+from cl_jax.methods.common import KeyEncoderMethod, embedding_std, momentum_field
 from cl_jax.methods.shuffle_bn import shuffled_apply
 from cl_jax.models import build_backbone
 from cl_jax.models.encoder import Encoder
@@ -20,7 +20,7 @@ from cl_jax.models.heads import MLP
 _QUEUE_KEYS = ("queue",)
 
 
-class _MoCo(Method):
+class _MoCo(KeyEncoderMethod):
   """MoCo (He et al. 2020, Alg. 1): query encoder f_q trained by InfoNCE against keys from a momentum encoder f_k
   (theta_k <- m theta_k + (1 - m) theta_q after each update) and a FIFO queue of the last K keys.
 
@@ -50,13 +50,7 @@ class _MoCo(Method):
     self.model = Encoder(backbone=build_backbone(config.model), head=head)
 
   def init(self, key: jax.Array, views: Views):
-    qkey, mkey = jax.random.split(key)
-    variables = self.model.init(mkey, views["crops"][0][0], train=False)
-    params, stats = variables["params"], variables.get("batch_stats", {})
-    # The queue starts as random unit keys (official: randn normalised per key), rows = keys.
-    queue = l2_normalize(jax.random.normal(qkey, (self.queue_size, self.dim), jnp.float32))
-    return params, {"batch_stats": stats, "ema": ema_init(params, stats), "queue": queue,
-                    "ptr": jnp.zeros((), jnp.int32)}
+    return self.init_with_queue(key, views, self.queue_size, self.dim)
 
   def state_sharding(self, state):
     return memory_bank.row_sharding(state, _QUEUE_KEYS)
@@ -67,12 +61,7 @@ class _MoCo(Method):
       raise ValueError(f"MoCo takes 2 views per image (query, key), got {crops.shape[0]}; "
                        "set --config.augment['global'].views=2.")
     axis = parallel.DATA
-    n = jax.lax.axis_size(axis)
-    global_batch = crops.shape[1] * n
-    memory_bank.check_rows("MoCo queue", self.queue_size, n, "set method.queue_size to a multiple of the devices")
-    if self.queue_size % global_batch:
-      raise ValueError(f"MoCo queue_size {self.queue_size} is not divisible by the global batch {global_batch}; "
-                       "set method.queue_size to a multiple of the batch.")
+    memory_bank.check_queue("MoCo", self.queue_size, crops.shape[1], axis)
     (h, q), stats = self._split_apply({"params": params, "batch_stats": state["batch_stats"]}, crops[0])
     key_vars = state["ema"]
 
@@ -109,15 +98,6 @@ class _MoCo(Method):
     out, updates = jax.vmap(lambda g: self.model.apply(variables, g, train=True, mutable=["batch_stats"]))(groups)
     out = jax.tree.map(lambda y: y.reshape((x.shape[0],) + y.shape[2:]), out)
     return out, jax.tree.map(lambda v: jnp.mean(v, axis=0), updates["batch_stats"])
-
-  def after_update(self, params, state, step):
-    """theta_k <- m theta_k + (1 - m) theta_q (Eq. 2), after the query encoder's update as in Alg. 1."""
-    del step
-    return {**state, "ema": ema_step(state["ema"], params, self.momentum)}
-
-  def encode(self, params, state, images):
-    return self.model.apply({"params": params, "batch_stats": state["batch_stats"]}, images, train=False,
-                            method=Encoder.features)
 
 
 @METHODS.register("moco_v1")
