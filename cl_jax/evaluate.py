@@ -6,6 +6,7 @@
   python -m cl_jax.evaluate --workdir=/tmp/cl_jax_quickstart --protocol=attributes  # shape/colour/size/... kNN
   python -m cl_jax.evaluate --workdir=/tmp/h_clip --protocol=zeroshot     # language-image runs (clip, siglip, unicl)
   python -m cl_jax.evaluate --workdir=/tmp/h_clip --protocol=retrieval    # image<->text recall@1/5/10
+  python -m cl_jax.evaluate --workdir=/tmp/q_fdt --protocol=fdt_tokens    # FDT: what the discrete tokens fire for
 
 linear and knn append {"step", "eval/<protocol>_top1", "eval/<protocol>_top5"} to <workdir>/metrics.jsonl;
 attributes appends eval/attr_<name> per attribute of the embedded shapes; zeroshot appends eval/zeroshot_top1/_top5
@@ -120,6 +121,15 @@ def _retrieval(run, state, specs, workdir, step) -> tuple[dict[str, float], str]
   line = (f"step {step}: " + ", ".join(f"{d} R@{k} {m[f'eval/{d}_r{k}']:.2f}%" for d in ("i2t", "t2i")
                                        for k in retrieval.KS))
   return m, line
+
+
+@PROTOCOLS.register("fdt_tokens")
+def _fdt_tokens(run, state, specs, workdir, step) -> tuple[dict[str, float], str]:
+  """FDT runs: dictionary entries active on the test split, and the words / attributes the frequent ones fire for
+  (a table printed and written with a PNG under <workdir>/eval/)."""
+  from cl_jax.eval import fdt_tokens  # pylint: disable=g-import-not-at-top
+
+  return fdt_tokens.report(run, state, specs, workdir, step)
 
 
 def _monitor_protocol(name: str, doc: str) -> Protocol:
