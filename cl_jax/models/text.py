@@ -48,6 +48,10 @@ class TextTransformer(nn.Module):
 
   `__call__(tokens [b, L] int, return_tokens=False) -> [b, embed_dim]` float32 (unnormalised); with
   `return_tokens`, {"pooled": [b, embed_dim], "tokens": [b, L, width] after the final LN}.
+  With `mask` (bool [b, L], True = masked) the token embeddings at masked positions are replaced by one learned
+  `mask_embedding` (BERT's [MASK], Devlin et al. 2019, Sec. 3.1) before the positions are added; pooling still
+  reads `tokens` (the end-of-text position), so mask only content tokens. The parameter exists only in models
+  initialised with a mask, so other parameter trees are unchanged.
   """
   vocab_size: int
   context_length: int = 77
@@ -60,7 +64,8 @@ class TextTransformer(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, tokens: jax.Array, return_tokens: bool = False) -> jax.Array | dict[str, jax.Array]:
+  def __call__(self, tokens: jax.Array, return_tokens: bool = False,
+               mask: jax.Array | None = None) -> jax.Array | dict[str, jax.Array]:
     b, length = tokens.shape
     if length > self.context_length:
       raise ValueError(f"tokens have length {length} > the text model's context_length {self.context_length}; "
@@ -71,13 +76,18 @@ class TextTransformer(nn.Module):
     w = self.width
     x = nn.Embed(self.vocab_size, w, embedding_init=nn.initializers.normal(0.02), param_dtype=jnp.float32,
                  name="token_embedding")(tokens)
+    if mask is not None:
+      if mask.shape != tokens.shape:
+        raise ValueError(f"the text mask has shape {mask.shape}; it needs the tokens' shape {tokens.shape}.")
+      mask_embedding = self.param("mask_embedding", nn.initializers.normal(0.02), (w,), jnp.float32)
+      x = jnp.where(mask[..., None], mask_embedding, x)
     pos = self.param("positional_embedding", nn.initializers.normal(0.01), (self.context_length, w), jnp.float32)
     x = (x + pos[:length]).astype(self.dtype)
-    mask = nn.make_causal_mask(tokens)
+    causal = nn.make_causal_mask(tokens)
     attn_std, proj_std, fc_std = w ** -0.5, w ** -0.5 * (2 * self.depth) ** -0.5, (2 * w) ** -0.5
     for i in range(self.depth):
       x = TextBlock(self.num_heads, self.mlp_ratio, attn_std, proj_std, fc_std, self.act, self.dtype,
-                    name=f"block{i + 1}")(x, mask)
+                    name=f"block{i + 1}")(x, causal)
     x = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, param_dtype=jnp.float32, name="ln_final")(x)
     x = x.astype(jnp.float32)
     eot = jnp.argmax(tokens, axis=-1)

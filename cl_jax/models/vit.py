@@ -99,6 +99,9 @@ class ViT(nn.Module):
   """ViT encoder: `__call__(x, train, return_tokens=False)` -> CLS feature [b, D] after final LN.
 
   With return_tokens it returns {"cls": [b, D], "patches": [b, N, D]}; outputs are float32.
+  With `mask` (bool [b, N], True = masked, patches in row-major grid order) the embeddings of the masked patches
+  are replaced by one learned `mask_token` before the position embeddings are added (BEiT, Bao et al. 2022,
+  Sec. 2.2); the parameter exists only in models initialised with a mask, so other parameter trees are unchanged.
   Position embeddings are learned at the init resolution and bilinearly interpolated for other
   input sizes, or (posemb="sincos2d") fixed 2-D sin-cos with a zero CLS position, computed for any grid.
   `frozen_patch_embed` stops the gradient of the patch projection; both are MoCo v3's (Sec. 4.2).
@@ -129,12 +132,19 @@ class ViT(nn.Module):
                        f"sizes) divisible by {self.patch_size}.")
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool, return_tokens: bool = False) -> jax.Array | dict:
+  def __call__(self, x: jax.Array, train: bool, return_tokens: bool = False,
+               mask: jax.Array | None = None) -> jax.Array | dict:
     del train  # no dropout / drop-path: kept for a uniform backbone signature
     self._check_input(x)
     x = PatchEmbed(self.patch_size, self.dim, self.frozen_patch_embed, self.dtype,
                    name="patch_embed")(x)
     b, gh, gw, d = x.shape
+    if mask is not None:
+      if mask.shape != (b, gh * gw):
+        raise ValueError(f"{self.arch} got a patch mask of shape {mask.shape}; it needs [batch, patches] = "
+                         f"[{b}, {gh * gw}] for a {gh}x{gw} patch grid.")
+      mask_token = self.param("mask_token", _embed_init, (1, 1, d), jnp.float32)
+      x = jnp.where(mask.reshape(b, gh, gw, 1), mask_token.reshape(1, 1, 1, d).astype(x.dtype), x)
     if self.posemb == "sincos2d":
       posemb, cls_pos = sincos_posemb_2d(gh, gw, d)[None], jnp.zeros((1, 1, d), jnp.float32)
     else:
