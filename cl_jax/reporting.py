@@ -82,13 +82,15 @@ class Reporter:
     if self.active and self._tb is not None:
       self._tb.add_image(tag, image, step, dataformats="HWC")
 
-  def progress(self, step: int, loss: float, lr: float, images_per_sec: float, seconds_per_step: float) -> None:
-    """One line of progress: step, loss, lr, throughput, ETA."""
+  def progress(self, step: int, loss: float, lr: float, images_per_sec: float, seconds_per_step: float,
+               data_wait_frac: float = 0.0) -> None:
+    """One line of progress: step, loss, lr, throughput, the time waiting for data when it is 5% or more, ETA."""
     if not self.active:
       return
     eta = _format_eta((self.total_steps - step) * seconds_per_step)
+    waiting = f" | data wait {data_wait_frac:.0%}" if data_wait_frac >= 0.05 else ""
     text = (f"step {step:>6}/{self.total_steps} | loss {loss:.4f} | lr {lr:.4g} | "
-            f"{images_per_sec:,.0f} img/s | eta {eta}")
+            f"{images_per_sec:,.0f} img/s{waiting} | eta {eta}")
     if self._tty:
       done = int(30 * step / max(self.total_steps, 1))
       end = "\n" if step >= self.total_steps else ""
@@ -110,17 +112,24 @@ class Reporter:
 
 
 class Throughput:
-  """Images/s and seconds/step between two log points, measured on the host after the device finished."""
+  """Images/s, seconds/step and the fraction of wall time spent waiting for the input pipeline, between two log
+  points, measured on the host after the device finished."""
 
   def __init__(self):
-    self._t, self._step = time.perf_counter(), None
+    self._t, self._step, self._wait = time.perf_counter(), None, 0.0
 
   def reset(self, step: int) -> None:
-    self._t, self._step = time.perf_counter(), step
+    self._t, self._step, self._wait = time.perf_counter(), step, 0.0
 
-  def measure(self, step: int, batch_size: int) -> tuple[float, float]:
+  def waited(self, seconds: float) -> None:
+    """Adds the time one `next(batches)` took (the host blocked on decoding, batching and the copy to devices)."""
+    self._wait += seconds
+
+  def measure(self, step: int, batch_size: int) -> tuple[float, float, float]:
+    """(images/s, seconds/step, data_wait_frac) since the last reset or measure."""
     now = time.perf_counter()
     steps = max(step - (self._step if self._step is not None else step - 1), 1)
     dt = max(now - self._t, 1e-9)
-    self._t, self._step = now, step
-    return steps * batch_size / dt, dt / steps
+    frac = min(self._wait / dt, 1.0)
+    self._t, self._step, self._wait = now, step, 0.0
+    return steps * batch_size / dt, dt / steps, frac

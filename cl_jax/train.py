@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from typing import Any, Callable, Iterator
 
 import jax
@@ -22,6 +23,8 @@ from cl_jax.data.view_grid import view_grid_image
 from cl_jax.methods import RunFacts, get_method, method_class
 from cl_jax.models.registry import model_section
 from cl_jax.run_state import Run, TrainState   # re-exported: `from cl_jax.train import Run, TrainState`
+
+DATA_WAIT_WARNING = 0.25   # a log interval waiting for input longer than this fraction of its time warns once
 
 
 def build_run(config: ml_collections.ConfigDict) -> Run:
@@ -296,7 +299,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         reporter.write(step, epoch_metrics)
         history.update(epoch_metrics)
         timer.reset(step)
-      state, metrics = train_step(state, next(batches))
+      t0 = time.perf_counter()
+      batch = next(batches)
+      timer.waited(time.perf_counter() - t0)
+      state, metrics = train_step(state, batch)
+      del batch
       step += 1
       stop = guard.should_stop(step)
       is_log = step % log_every == 0 or step == run.total_steps
@@ -308,10 +315,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         metrics = jax.tree.map(float, jax.device_get(metrics))
         _check_finite(metrics["loss"], step, ckpt)
       if is_log:
-        ips, sps = timer.measure(step, config.batch_size)
+        ips, sps, wait = timer.measure(step, config.batch_size)
         lr = float(run.schedule(step - 1))
-        reporter.write(step, {**metrics, "lr": lr, "images_per_sec": ips})
-        reporter.progress(step, metrics["loss"], lr, ips, sps)
+        reporter.write(step, {**metrics, "lr": lr, "images_per_sec": ips, "data_wait_frac": wait})
+        reporter.progress(step, metrics["loss"], lr, ips, sps, wait)
+        if wait > DATA_WAIT_WARNING and step > start + log_every and "data_wait" not in warned:
+          warned.add("data_wait")
+          reporter.say(f"step {step:>6}: warning: the step waited for input data {wait:.0%} of the time; raise "
+                       f"--config.data.worker_count (now {run.sections['data']['worker_count']}) or store "
+                       "smaller images (python -m cl_jax.bench --what=input measures the pipeline).")
         history.update(metrics)
         if (warning := run.method.health(metrics, step)) and warning not in warned:
           warned.add(warning)

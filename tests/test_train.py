@@ -34,7 +34,8 @@ def test_run_writes_metrics_eval_and_checkpoints(quick_run):
   train_rows = [r for r in rows if "loss" in r]
   assert [r["step"] for r in train_rows] == [1, 2, 3, 4]
   for r in train_rows:
-    assert {"loss", "lr", "images_per_sec", "train/contrast_acc", "train/embedding_std"} <= set(r)
+    assert {"loss", "lr", "images_per_sec", "data_wait_frac", "train/contrast_acc", "train/embedding_std"} <= set(r)
+    assert 0.0 <= r["data_wait_frac"] <= 1.0
     assert np.isfinite(r["loss"])
   evals = [r for r in rows if "eval/knn_top1" in r]
   assert [r["step"] for r in evals] == [0, 4]
@@ -50,6 +51,26 @@ def test_rerun_resumes_from_latest_checkpoint(quick_run):
   train.train_and_evaluate(c, workdir)
   steps = [r["step"] for r in read_metrics(workdir) if "loss" in r]
   assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_slow_input_pipeline_shows_in_data_wait_frac_and_warns_once(tmp_path, monkeypatch, capsys):
+  """Every batch held 1.5 s on the host (a pipeline far slower than the tiny step): the logged data_wait_frac
+  says so and the log warns once, naming data.worker_count; the fast run of quick_run logs a small fraction."""
+  import time
+  real = train._batches
+
+  def slow(loader_iter, mesh):
+    for batch in real(loader_iter, mesh):
+      time.sleep(1.5)
+      yield batch
+
+  monkeypatch.setattr(train, "_batches", slow)
+  train.train_and_evaluate(tiny_config(total_steps=4, log_every=1, checkpoint_every=4), str(tmp_path))
+  waits = [r["data_wait_frac"] for r in read_metrics(str(tmp_path)) if "loss" in r]
+  assert len(waits) == 4 and min(waits[1:]) > 0.5, waits
+  out = capsys.readouterr().out
+  assert out.count("waited for input data") == 1 and "--config.data.worker_count (now 0)" in out
+  assert "data wait" in out                                             # the progress line shows it
 
 
 def test_best_checkpoint_keeps_the_best_eval_step(tmp_path):
