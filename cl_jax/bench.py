@@ -7,6 +7,7 @@
   python -m cl_jax.bench --config=configs/quickstart.py:method=moco_v2 --what=memory   # state bytes per device
   python -m cl_jax.bench --config=configs/quickstart.py:method=simclr --what=peer  # vs lightly (cl_jax/peer.py)
   python -m cl_jax.bench --what=loss_memory   # loss fwd+bwd temp bytes, gather vs ring (64 fake CPU devices)
+  python -m cl_jax.bench --config=configs/quickstart.py --what=input     # host JPEG pipeline vs the step, 224 px
 
 Every measurement runs on the run's mesh (jit(shard_map) over 'data', the global batch split as in training),
 is compiled ahead of time (`lower().compile()`, timed as compile_s), warmed up, then timed `--repeats` times with
@@ -35,7 +36,7 @@ from cl_jax.data import augment, sources
 from cl_jax.losses.contrastive import nt_xent
 from cl_jax.models import build_backbone
 
-WHATS = ("step", "augment", "loss", "model", "memory", "peer", "loss_memory")
+WHATS = ("step", "augment", "loss", "model", "memory", "peer", "loss_memory", "input")
 Row = dict[str, Any]
 
 
@@ -375,6 +376,9 @@ def measure(config: ml_collections.ConfigDict, what: str, repeats: int = 10, war
     raise ValueError(f"Unknown --what={what!r}; use one of: {', '.join(WHATS)}.")
   if what == "loss_memory":   # compiled programs only: no config, no timing
     return bench_loss_memory()
+  if what == "input":   # the host pipeline against the step (cl_jax/input_bench.py)
+    from cl_jax.input_bench import bench_input  # pylint: disable=g-import-not-at-top
+    return bench_input(config, repeats, warmup, sys.modules[__name__])
   if what == "peer":   # side by side with the reference implementation (cl_jax/peer.py), not a timing
     from cl_jax import peer  # pylint: disable=g-import-not-at-top
     f = flags.FLAGS
@@ -392,7 +396,7 @@ def measure(config: ml_collections.ConfigDict, what: str, repeats: int = 10, war
 
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/quickstart.py.", lock_config=True)
 flags.DEFINE_enum("what", "step", list(WHATS), "What to measure: step | augment | loss | model | memory | peer | "
-                  "loss_memory.")
+                  "loss_memory | input.")
 flags.DEFINE_string("peer_python", "", "--what=peer: the side Python with torch + lightly (default "
                     "$CL_JAX_PEER_PYTHON, else ~/.cl_jax_peer/bin/python).")
 flags.DEFINE_string("peer_workdir", "", "--what=peer: where both runs go (default /tmp/cl_jax_peer/<method>).")

@@ -179,3 +179,30 @@ def test_memory_rows_show_shard_state_splitting_the_optimizer_state():
   assert sharded["opt_state_bytes_per_device"] < 0.25 * full["opt_state_bytes"]  # split over 'data'
   saved = full["step_argument_bytes_per_device"] - sharded["step_argument_bytes_per_device"]
   assert saved >= 0.8 * (full["opt_state_bytes_per_device"] - sharded["opt_state_bytes_per_device"])
+
+
+def test_input_rows_compare_the_host_pipeline_with_the_step(monkeypatch):
+  """--what=input on small JPEGs (32 px for speed): one host row per worker count and the step's row, the ratio
+  computed from them, the crops scaled with the image size, and a JPEG folder the folder source reads."""
+  from cl_jax import input_bench
+  monkeypatch.setattr(input_bench, "INPUT_SIZE", 32)
+  monkeypatch.setattr(input_bench, "JPEG_SIZE", (48, 40))
+  rows = bench.measure(tiny_config(), "input", repeats=1, warmup=0)
+  host, (device,) = rows[:-1], rows[-1:]
+  assert [r["worker_count"] for r in host] == list(input_bench.INPUT_WORKERS)
+  assert device["stage"] == "device_step" and device["crop_sizes"] == [32]   # 16 px crops of 16 px images -> 32
+  for r in host:
+    assert r["host_examples_per_sec"] > 0 and r["image_size"] == 32
+    assert r["host_over_step"] == pytest.approx(r["host_examples_per_sec"] / device["device_images_per_sec"])
+    assert r["keeps_up"] == (r["host_over_step"] >= 1)
+  assert device["device_images_per_sec"] == pytest.approx(16 / device["step_ms"] * 1e3)
+
+
+def test_jpeg_folder_is_a_labelled_folder_of_decodable_images(tmp_path):
+  from cl_jax.data.folder import FolderSource
+  from cl_jax.input_bench import write_jpeg_folder
+  write_jpeg_folder(str(tmp_path), 40)
+  source = FolderSource(str(tmp_path), "train", image_size=24, on_bad_image="fail")
+  test = FolderSource(str(tmp_path), "test", image_size=24, on_bad_image="fail")
+  assert len(source) + len(test) == 40 and source.has_labels
+  assert source[0]["image"].shape == (24, 24, 3) and source.num_skipped == 0

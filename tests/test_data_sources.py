@@ -305,6 +305,17 @@ def test_shuffle_is_seeded():
   assert sum(first[:4], []) != sum(first[4:], [])       # reshuffled each epoch
 
 
+def test_worker_processes_give_the_same_batches_in_the_same_order():
+  """grain's multiprocess prefetch (data.worker_count 2, outside an absl app as in a notebook) changes no batch."""
+  src = ArraySource(32)
+
+  def order(workers):
+    return indices(pipeline.make_loader(src, global_batch=8, seed=3, shuffle=True, num_epochs=None,
+                                        worker_count=workers, process_index=0, process_count=1), 6)
+
+  assert order(2) == order(0)
+
+
 def test_iterator_state_resumes_exactly():
   src = ArraySource(10)
 

@@ -14,6 +14,7 @@ from typing import Any
 import grain.python as grain
 import jax
 import numpy as np
+from absl import flags
 
 
 def local_batch_size(global_batch: int, process_count: int) -> int:
@@ -136,5 +137,7 @@ class Loader:
     # grain's prefetch machinery costs more than it saves for them unless worker processes are asked for.
     it = self.dataset.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
     if self.worker_count > 0:
+      if not flags.FLAGS.is_parsed():   # grain's workers read absl flags; a notebook or a test never parsed them
+        flags.FLAGS.mark_as_parsed()
       it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.worker_count))
     return iter(it)
