@@ -9,7 +9,9 @@ SHAPES_CAPTIONS = dict(tokenizer="shapes", context_length=24, source="caption")
 
 
 def run_fields(c: ml_collections.ConfigDict, checkpoint_every: int = 2000) -> None:
-  """Logging every 100 steps, a checkpoint every `checkpoint_every` (3 kept), TensorBoard on, no online probe."""
+  """Logging every 100 steps, a checkpoint every `checkpoint_every` (3 kept), TensorBoard on, no online probe, a
+  random init (init_from: the workdir of a cl_jax run whose backbone starts this one)."""
+  c.init_from = ""
   c.log_every = 100
   c.checkpoint_every = checkpoint_every
   c.keep_checkpoints = 3

@@ -16,7 +16,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, PartitionSpec as P
 
-from cl_jax import checkpoint, optim, parallel, peers, preemption, reporting, workdir as workdir_lib
+from cl_jax import checkpoint, init_from, optim, parallel, peers, preemption, reporting, workdir as workdir_lib
 from cl_jax.data import augment, label_regimes, pipeline, sources
 from cl_jax.eval import features, monitors as eval_monitors, online_probe, settings
 from cl_jax.data.view_grid import view_grid_image
@@ -253,15 +253,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   loader_iter = iter(loader)
   start = 0
   restored = ckpt.restore(state)
+  loaded = ""
   if restored is not None:
     start, state, data_state = restored
     if data_state is not None:
       loader_iter.set_state(data_state)
+  elif config.get("init_from", ""):   # a fresh run from another run's backbone; a resume keeps its own checkpoint
+    state, loaded = init_from.initialise(state, config.init_from)
   reporter = reporting.Reporter(workdir, run.total_steps, tensorboard=config.get("tensorboard", True),
                                 resume_step=start)
   reporter.say(f"cl_jax: {config.method.name} on {config.dataset} | {run.mesh.size} device(s) | "
                f"batch {config.batch_size} | {run.total_steps} steps"
                + (f" | resumed from step {start}" if start else ""))
+  if loaded:
+    reporter.say(loaded)
   history: dict[str, float] = {}
   has_eval = run.test_source is not None and eval_cfg.every >= 0
 

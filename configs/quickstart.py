@@ -62,6 +62,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.best_metric = ""   # e.g. "eval/knn_top1": also keep the best checkpoint by it in checkpoints_best/
   c.tensorboard = True
   c.online_probe = False
+  c.init_from = ""   # the workdir of a cl_jax run whose backbone starts this one (cl_jax/init_from.py)
   # num_devices 0: all; contrastive_impl "ring" rotates keys instead of gathering them (cl_jax/losses/ring.py);
   # a multi-host peer silent for peer_timeout_seconds ends the run with one line naming it (cl_jax/peers.py).
   c.parallel = dict(num_devices=0, shard_state=False, contrastive_impl="gather", peer_timeout_seconds=60.0)
