@@ -1,4 +1,5 @@
-"""Config -> data source: `shapes` (embedded), `folder:/path` (image folder), `captions:/path`
+"""Config -> data source: `shapes` (embedded), `shapes_scenes` (embedded, 1-4 objects with masks),
+`folder:/path` (image folder), `captions:/path`
 (image + .txt caption pairs), `webdataset:/shards/{00000..00009}.tar` (img2dataset tar shards), or a
 tfds name (`data.caption_key` for image-text datasets such as coco_captions).
 
@@ -62,6 +63,7 @@ SHARED: dict[str, Field] = {"image_size": Field(32, low=1), "seed": Field(0), "n
 _FILES = {"on_bad_image": Field("skip", choices=("skip", "fail")), "holdout_frac": Field(0.1, low=0, high=1)}
 FIELDS: dict[str, dict[str, Field]] = {
     "shapes": {**SHARED, "held_out_pairs": Field(()), "render": Field("color", choices=("color", "mask"))},
+    "shapes_scenes": {**SHARED, "held_out_pairs": Field(()), "held_out_classes": Field(())},
     "folder": {**SHARED, **_FILES},
     "captions": {**SHARED, **_FILES, "class_folders": Field(False, choices=(True, False))},
     "webdataset": {**SHARED, **_FILES, "test_shards": Field(None)},
@@ -91,6 +93,15 @@ def _shapes(hp: dict[str, Any], split: str) -> Source:
   return ShapesSource(split, num_examples=hp[f"num_{split}"], image_size=int(hp["image_size"]),
                       seed=int(hp["seed"] or 0), held_out_pairs=tuple(hp["held_out_pairs"] or ()),
                       render=str(hp["render"]))
+
+
+@SOURCES.register("shapes_scenes")
+def _shapes_scenes(hp: dict[str, Any], split: str) -> Source:
+  from cl_jax.data.scenes import ScenesSource  # pylint: disable=g-import-not-at-top
+
+  return ScenesSource(split, num_examples=hp[f"num_{split}"], image_size=int(hp["image_size"]),
+                      seed=int(hp["seed"] or 0), held_out_pairs=tuple(hp["held_out_pairs"] or ()),
+                      held_out_classes=tuple(hp["held_out_classes"] or ()))
 
 
 def tfds_split(dataset: str, split: str, data_cfg: Any = None) -> str:
