@@ -64,10 +64,9 @@ def source_backbone(state: Any) -> dict[str, Any]:
   if not params:
     raise ValueError("the init_from run's parameters have no 'backbone'; point config.init_from at a cl_jax run "
                      "of an image method.")
-  stats = backbone_paths(state["method_state"].get("batch_stats", {})) if isinstance(
-      state["method_state"], dict) else []
-  return {"params": _get(state["params"], params[0]),
-          "batch_stats": _get(state["method_state"]["batch_stats"], stats[0]) if stats else {}}
+  stats_tree = state["method_state"].get("batch_stats", {}) if isinstance(state["method_state"], dict) else {}
+  stats = backbone_paths(stats_tree)
+  return {"params": _get(state["params"], params[0]), "batch_stats": _get(stats_tree, stats[0]) if stats else {}}
 
 
 def replace_backbones(state: Any, source: dict[str, Any], where: str) -> tuple[Any, int]:
