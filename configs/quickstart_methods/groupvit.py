@@ -1,0 +1,35 @@
+"""GroupViT on the embedded multi-object scenes (Xu et al. 2022): a grouping ViT (patch 4, width 64, depths
+(2, 1, 1), 16 then 4 groups) and CLIP's text tower, trained on captions only with CLIP's loss plus the
+multi-label loss on "a photo of a {noun}." prompts of up to 3 nouns per scene (the scenes' `nouns`).
+
+Data: `shapes_scenes` at 32 px (1-4 overlapping shapes, captions naming every object); the CLIP quick start's
+held-out (colour, shape) pairs, text tower, optimizer and views (quickstart_methods/clip.py), milder crops so
+the objects a caption names stay in view.
+
+  python -m cl_jax.main --config=configs/quickstart.py:method=groupvit --workdir=/tmp/q_groupvit
+"""
+import ml_collections
+
+from cl_jax.config_args import load_sibling
+from cl_jax.data.augment import group
+
+language_image = load_sibling(__file__, "clip").language_image
+
+TOWER = dict(name="groupvit", width=64, depths=(2, 1, 1), num_heads=2, num_group_tokens=(16, 4, 0),
+             num_output_groups=(16, 4), patch_size=4, gumbel_tau=1.0, hard_assignment=True)
+
+
+def apply(c: ml_collections.ConfigDict) -> None:
+  language_image(c, "groupvit", "caption")
+  c.dataset = "shapes_scenes"
+  c.data.image_size = 32
+  c.data.text.context_length = 32   # the longest scene caption is 26 words
+  c.model = dict(TOWER)
+  # Every field spelled out so the command line can change it (--config.method.multi_label=0 ...).
+  c.method.update(multi_label=3, multi_label_weight=1.0, prompt_template="a photo of a {}.",
+                  dense_assignment="hard")
+  c.augment = ml_collections.ConfigDict({"global": group(size=32, views=1, scale=(0.8, 1.0), ratio=(1.0, 1.0),
+                                                         flip_p=0.0, jitter_p=0.0, grayscale_p=0.0,
+                                                         blur_p=(0.0,))})
+  c.eval.monitors = ("zeroshot", "retrieval")
+  c.num_epochs = 10
