@@ -117,3 +117,31 @@ def apply_to_torch(table: list[Entry], variables: Mapping[str, Any]) -> dict[str
   """{torch key: np.ndarray} from Flax variables (params and batch_stats), by the same table."""
   return {e.torch_key: np.ascontiguousarray(FLAX_TO_TORCH[e.kind](np.asarray(_get(variables[e.collection], e.path))))
           for e in table}
+
+
+_NESTED = ("state_dict", "model", "teacher", "module", "params")
+
+
+def read_checkpoint(path: str, prefix: str = "") -> dict[str, np.ndarray]:
+  """A state dict from a .safetensors file (safetensors.numpy) or a torch.load-able .pth/.bin/.pt (weights only);
+  a wrapper dict ({'state_dict': ...}, {'model': ...}, DINO's {'teacher': ...}) is unwrapped, and with `prefix` only
+  the keys under it are kept, the prefix removed (e.g. MoCo v3's 'module.base_encoder.')."""
+  if path.endswith(".safetensors"):
+    from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+    sd: Any = load_file(path)
+  else:
+    try:
+      import torch  # pylint: disable=g-import-not-at-top
+    except ImportError as e:
+      raise ImportError(f"reading {path} needs torch (pip install -e '.[convert]'), or give a .safetensors file.") from e
+    sd = torch.load(path, map_location="cpu", weights_only=True)
+  while isinstance(sd, Mapping) and not any(hasattr(v, "shape") for v in sd.values()):
+    inner = next((k for k in _NESTED if isinstance(sd.get(k), Mapping)), None)
+    if inner is None:
+      raise StateDictMismatch(f"{path} holds no state dict (top-level keys: {', '.join(list(sd)[:6])}).")
+    sd = sd[inner]
+  if prefix:
+    sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    if not sd:
+      raise StateDictMismatch(f"{path} has no key under the prefix {prefix!r}.")
+  return to_numpy(sd)

@@ -26,19 +26,27 @@ ARCHS = {
 _IGNORED = re.compile(r"^(head|head_dist|fc_norm|pre_logits)\.")
 
 
-def model(arch: str, patch_size: int | None = None, **sizes: int) -> vit.ViT:
-  """The cl_jax ViT of timm's `arch`, or of explicit sizes (dim, depth, num_heads) when arch is 'custom'."""
-  if arch == "custom":
-    return vit.ViT(**sizes, patch_size=patch_size or 16, arch="vit")
-  if arch not in ARCHS:
-    raise ValueError(f"Unknown timm ViT '{arch}'; use one of: {', '.join(ARCHS)}.")
-  size, patch, _ = ARCHS[arch]
-  return vit.ViT(**vit._ARCHS[size], patch_size=patch, arch=size)   # pylint: disable=protected-access
+def model_fields(arch: str) -> dict[str, Any]:
+  """The cl_jax config.model of timm's `arch` (e.g. vit_small, patch 16), or of 'vit_micro/8'-style cl_jax names."""
+  if arch in ARCHS:
+    size, patch, _ = ARCHS[arch]
+  elif arch.split("/")[0] in vit._ARCHS:   # pylint: disable=protected-access
+    size, patch = arch.split("/")[0], int(arch.split("/")[1]) if "/" in arch else 16
+  else:
+    raise ValueError(f"Unknown timm ViT '{arch}'; use one of: {', '.join(ARCHS)} (or a cl_jax size such as "
+                     "vit_micro/8).")
+  return dict(name=size, patch_size=patch, frozen_patch_embed=False, posemb="learn", bn="sync", dtype="float32")
+
+
+def model(arch: str) -> vit.ViT:
+  """The cl_jax ViT of timm's `arch` (see model_fields)."""
+  f = model_fields(arch)
+  return vit.ViT(**vit._ARCHS[f["name"]], patch_size=f["patch_size"], arch=f["name"])   # pylint: disable=protected-access
 
 
 def image_size(arch: str) -> int:
-  """The input resolution timm's `arch` was trained at (its position grid)."""
-  return ARCHS[arch][2]
+  """The input resolution timm's `arch` was trained at (its position grid); 224 for cl_jax names."""
+  return ARCHS[arch][2] if arch in ARCHS else 224
 
 
 def table(depth: int) -> list[keys.Entry]:
