@@ -7,6 +7,7 @@
   python -m cl_jax.evaluate --workdir=/tmp/h_clip --protocol=zeroshot     # language-image runs (clip, siglip, unicl)
   python -m cl_jax.evaluate --workdir=/tmp/h_clip --protocol=retrieval    # image<->text recall@1/5/10
   python -m cl_jax.evaluate --workdir=/tmp/q_fdt --protocol=fdt_tokens    # FDT: what the discrete tokens fire for
+  python -m cl_jax.evaluate --workdir=/tmp/q_scenes --protocol=segmentation  # dense methods on shapes_scenes: mIoU
 
 linear and knn append {"step", "eval/<protocol>_top1", "eval/<protocol>_top5"} to <workdir>/metrics.jsonl;
 attributes appends eval/attr_<name> per attribute of the embedded shapes; zeroshot appends eval/zeroshot_top1/_top5
@@ -31,6 +32,8 @@ EVAL_OPTIONS: dict[str, type] = {
     "linear_weight_decay": float, "linear_seed": int, "knn_k": int, "knn_temperature": float,
     "knn_train_examples": int, "tsne_points": int, "retrieval_queries": int, "retrieval_k": int,
     "batch_size": int, "image_size": int, "crop_frac": float, "retrieval_examples": int,
+    "seg_background": str, "seg_threshold": float, "seg_logit_scale": float, "seg_examples": int,
+    "seg_png_examples": int,
 }
 
 
@@ -130,6 +133,24 @@ def _fdt_tokens(run, state, specs, workdir, step) -> tuple[dict[str, float], str
   from cl_jax.eval import fdt_tokens  # pylint: disable=g-import-not-at-top
 
   return fdt_tokens.report(run, state, specs, workdir, step)
+
+
+@PROTOCOLS.register("segmentation")
+def _segmentation(run, state, specs, workdir, step) -> tuple[dict[str, float], str]:
+  """Open-vocabulary segmentation of the test split (mIoU, pixel accuracy, held-out classes / pairs) and a PNG of
+  images, ground-truth and predicted masks under <workdir>/eval/."""
+  import os  # pylint: disable=g-import-not-at-top
+
+  from cl_jax.eval import monitors, segmentation, settings  # pylint: disable=g-import-not-at-top
+
+  seg: dict = {}
+  m = segmentation.evaluate_segmentation(run, state, specs, out=seg)
+  num = settings.read(run.config, segmentation.SCHEMA).seg_png_examples
+  png = segmentation.write_png(os.path.join(workdir, "eval", f"segmentation_{step}.png"), run, seg, num) if num else ""
+  line = (f"step {step}: " + ", ".join(f"{monitors.EVAL_NAMES[k]} {v:.2f}%" for k, v in m.items())
+          + f" | {len(seg['names'])} classes, background by {seg['mode']}, {len(seg['pred'])} images"
+          + (f" | wrote {png}" if png else ""))
+  return m, line
 
 
 def _monitor_protocol(name: str, doc: str) -> Protocol:

@@ -259,7 +259,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if data_state is not None:
       loader_iter.set_state(data_state)
   elif config.get("init_from", ""):   # a fresh run from another run's backbone; a resume keeps its own checkpoint
-    state, loaded = init_from.initialise(state, config.init_from)
+    state, loaded = init_from.initialise(state, config.init_from,
+                                         tuple(getattr(run.method, "init_from_parts", (init_from.BACKBONE,))))
   reporter = reporting.Reporter(workdir, run.total_steps, tensorboard=config.get("tensorboard", True),
                                 resume_step=start)
   reporter.say(f"cl_jax: {config.method.name} on {config.dataset} | {run.mesh.size} device(s) | "

@@ -284,6 +284,7 @@ class ScenesSource(shapes.ShapesSource):
 
   name = "shapes_scenes"
   has_labels = True
+  has_masks = True
   num_classes = len(CLASS_NAMES)
   class_names = CLASS_NAMES
   _KEYS = ("image", "mask", "instance", "boxes", "classes", "colors", "sizes", "num_objects",
@@ -334,8 +335,16 @@ class ScenesSource(shapes.ShapesSource):
 
 
 # One overlay colour per class (index = class id); background stays the image.
-_CLASS_COLORS = ((230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
+CLASS_COLORS = ((230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
                  (145, 30, 180), (70, 240, 240), (240, 50, 230), (170, 110, 40), (128, 128, 128))
+
+
+def overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+  """uint8 [H, W, 3]: `image` with each pixel of class mask value m > 0 (class m - 1) tinted in its class colour."""
+  palette = np.array([(0, 0, 0), *CLASS_COLORS], np.float32)
+  im = np.asarray(image).astype(np.float32)
+  m = np.asarray(mask).astype(np.int64) % len(palette)
+  return np.where(m[..., None] > 0, 0.35 * im + 0.65 * palette[m], im).astype(np.uint8)
 
 
 def grid_png(path: str, num: int = 8, image_size: int = 64, split: str = "train",
@@ -348,19 +357,15 @@ def grid_png(path: str, num: int = 8, image_size: int = 64, split: str = "train"
   tile, pad, legend = image_size * zoom, 2, 16
   width = max(num * (tile + pad), 10 + len(CLASS_NAMES) * 80 // 2)
   canvas = Image.new("RGB", (width, 2 * (tile + pad) + 2 * legend + pad), (255, 255, 255))
-  palette = np.array([(0, 0, 0), *_CLASS_COLORS], np.float32)
   for j in range(num):
-    im = data["image"][j].astype(np.float32)
-    m = data["mask"][j]
-    over = np.where(m[..., None] > 0, 0.35 * im + 0.65 * palette[m], im).astype(np.uint8)
-    for row, arr in enumerate((data["image"][j], over)):
+    for row, arr in enumerate((data["image"][j], overlay(data["image"][j], data["mask"][j]))):
       tile_im = Image.fromarray(arr).resize((tile, tile), Image.NEAREST)
       canvas.paste(tile_im, (j * (tile + pad), row * (tile + pad)))
   draw = ImageDraw.Draw(canvas)
   y0 = 2 * (tile + pad) + pad
   for c, name in enumerate(CLASS_NAMES):  # legend: two lines of five classes
     x, y = 4 + (c % 5) * 80, y0 + (c // 5) * legend
-    draw.rectangle([x, y + 2, x + 10, y + 12], fill=_CLASS_COLORS[c])
+    draw.rectangle([x, y + 2, x + 10, y + 12], fill=CLASS_COLORS[c])
     draw.text((x + 14, y), name, fill=(0, 0, 0))
   canvas.save(path)
 

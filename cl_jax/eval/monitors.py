@@ -10,7 +10,7 @@ from typing import Any, Callable
 import ml_collections
 
 from cl_jax.eval import (clustering, embedding_plot, features, fine_retrieval, knn, linear, noise_detection,
-                         retrieval, settings, zeroshot)
+                         retrieval, segmentation, settings, zeroshot)
 from cl_jax.registry import Registry
 from cl_jax.run_state import Run, TrainState
 from cl_jax.schema import Field, validate
@@ -22,7 +22,7 @@ MONITORS: Registry[Monitor] = Registry("eval monitor")
 SCHEMA = {"every": Field(0, low=-1), "monitors": Field(("knn",))}
 # Every config.eval field, by the evaluator that declares it (attributes and the plots read knn's too).
 EVAL_SCHEMA = {**SCHEMA, **features.SCHEMA, **knn.SCHEMA, **linear.SCHEMA, **embedding_plot.SCHEMA,
-               **zeroshot.SCHEMA, **retrieval.SCHEMA}
+               **zeroshot.SCHEMA, **retrieval.SCHEMA, **segmentation.SCHEMA}
 
 # Progress-line names of the monitors' metrics.
 EVAL_NAMES = {"eval/knn_top1": "kNN top-1", "eval/knn_top5": "kNN top-5",
@@ -34,7 +34,10 @@ EVAL_NAMES = {"eval/knn_top1": "kNN top-1", "eval/knn_top5": "kNN top-5",
               **{f"eval/{d}_r{k}": f"{d.replace('2', '->')} R@{k}" for d in ("i2t", "t2i") for k in retrieval.KS},
               **{f"eval/recall_at_{k}": f"fine R@{k}" for k in fine_retrieval.KS},
               "eval/head_top1": "head top-1 (clean test)", "eval/noise_auc": "noise-detection AUC",
-              **{f"eval/cluster_acc_{p}": f"clustering acc. ({p})" for p in ("all", "old", "new")}}
+              **{f"eval/cluster_acc_{p}": f"clustering acc. ({p})" for p in ("all", "old", "new")},
+              "eval/miou": "mIoU", "eval/pixel_acc": "pixel acc.", "eval/miou_unseen": "mIoU (held-out classes)",
+              "eval/miou_seen": "mIoU (seen classes)", "eval/pixel_acc_unseen_pairs": "pixel acc. (held-out pairs)",
+              "eval/pixel_acc_seen_pairs": "pixel acc. (seen pairs)"}
 
 
 def validate_eval(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -114,3 +117,10 @@ def noisy_labels_monitor(run: Run, state: TrainState, specs: Any) -> dict[str, f
 def discovery_monitor(run: Run, state: TrainState, specs: Any) -> dict[str, float]:
   """Clustering accuracy (All / Old / New) of semi-supervised k-means on the training split (GCD's protocol)."""
   return clustering.evaluate_discovery(run, state, specs)
+
+
+@MONITORS.register("segmentation")
+def segmentation_monitor(run: Run, state: TrainState, specs: Any) -> dict[str, float]:
+  """Open-vocabulary segmentation of the test split's masks against class prompts: mIoU, pixel accuracy, held-out
+  classes and pairs (cl_jax/eval/segmentation.py)."""
+  return segmentation.evaluate_segmentation(run, state, specs)

@@ -63,13 +63,13 @@ def embed_split(run: Run, state: TrainState, specs: Any, source: Any,
 
 def default_templates(run: Run) -> tuple[str, ...]:
   """config.eval.prompt_templates, else config.data.text.templates (the training prompts), else shapes-worded
-  prompts for `shapes` and CLIP's 7 templates otherwise."""
+  prompts for `shapes` / `shapes_scenes` and CLIP's 7 templates otherwise."""
   text = run.config.data.get("text", None) or {}
   templates = settings.read(run.config, SCHEMA).prompt_templates or text.get("templates", None)
   if templates:
     return (templates,) if isinstance(templates, str) else tuple(templates)
   name = getattr(run.test_source, "name", run.config.dataset)
-  return SHAPES_PROMPT_TEMPLATES if name == "shapes" else CLIP_PROMPT_TEMPLATES
+  return SHAPES_PROMPT_TEMPLATES if str(name).startswith("shapes") else CLIP_PROMPT_TEMPLATES
 
 
 def class_embeddings(run: Run, state: TrainState, class_names: Sequence[str],

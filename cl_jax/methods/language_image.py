@@ -63,6 +63,17 @@ class DualEncoder(nn.Module):
     """Unnormalised joint-space text embedding of token ids [b, L]."""
     return self.text(tokens)
 
+  def encode_dense(self, images: jax.Array) -> jax.Array:
+    """Unnormalised joint-space embeddings of a ViT's patch tokens [b, gh, gw, D]: the image projection applied
+    to every patch (the dense CLIP readout, the baseline of open-vocabulary segmentation)."""
+    patch = getattr(self.backbone, "patch_size", None)
+    if patch is None:
+      raise ValueError(f"a dense readout needs a ViT image tower (patch tokens), not {type(self.backbone).__name__}; "
+                       "set config.model.name to a vit_* model.")
+    tokens = self.backbone(images, train=False, return_tokens=True)["patches"]
+    z = self.image_proj(tokens) if self.image_projection else tokens
+    return z.reshape(images.shape[0], images.shape[1] // patch, images.shape[2] // patch, -1)
+
   def __call__(self, images: jax.Array, tokens: jax.Array, train: bool) -> tuple[jax.Array, jax.Array, jax.Array]:
     h, z_img = self.encode_image(images, train)
     return h, z_img, self.encode_text(tokens)
@@ -137,6 +148,11 @@ class LanguageImageMethod(Method):
     _, z = self.model.apply({"params": params["model"], **state}, images, train=False,
                             method=DualEncoder.encode_image)
     return l2_normalize(z)
+
+  def encode_dense(self, params: Any, state: Any, images: jax.Array) -> jax.Array:
+    """L2-normalised joint-space embeddings per patch [b, gh, gw, D] of preprocessed images (segmentation)."""
+    variables = {"params": params["model"], "batch_stats": state.get("batch_stats", {})}
+    return l2_normalize(self.model.apply(variables, images, method=DualEncoder.encode_dense))
 
   def encode_text(self, params: Any, state: Any, tokens: jax.Array) -> jax.Array:
     """L2-normalised joint-space embeddings of token ids [b, L]."""
