@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from absl import app, flags
 
-FAMILIES = ("timm", "torchvision")
+FAMILIES = ("timm", "torchvision", "open_clip")
 USAGE_ERROR = 2
 
 
@@ -33,6 +33,10 @@ def convert_state_dict(source: str, sd: dict[str, np.ndarray], image_size: int |
     from cl_jax.convert import torchvision_resnet  # pylint: disable=g-import-not-at-top
     fields = dict(name=arch, width=1.0, stem="imagenet", bn="sync", dtype="float32", zero_init_last_bn=False)
     return fields, torchvision_resnet.to_flax(sd, arch), image_size or 224
+  if family == "open_clip":
+    raise ValueError("--from=open_clip: the text tower and logit_scale convert (cl_jax.convert.open_clip), but a CLIP "
+                     "workdir needs the image tower, which waits for vit.ViT's ln_pre / eps / quick_gelu options "
+                     "(docs/convert.md).")
   raise ValueError(f"Unknown --from family '{family}'; use one of: {', '.join(f + ':<arch>' for f in FAMILIES)}.")
 
 
