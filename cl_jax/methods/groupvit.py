@@ -168,6 +168,7 @@ class GroupViTMethod(Method):
     images = views["crops"][0][0]
     b = images.shape[0]
     tokens = batch_tokens(views, b, "groupvit")
+    nouns = self._nouns(views, b) if self.multi_label else None
     keys = batch_keys(key, b)                                 # fold_in(key, global example index)
     noise_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys)
     variables = {"params": params["model"]}
@@ -179,7 +180,6 @@ class GroupViTMethod(Method):
     loss, metrics = clip_loss(z_img, z_txt, params["logit_scale"], axis_name=parallel.DATA)
     metrics["clip_loss"] = loss
     if self.multi_label:
-      nouns = self._nouns(views, b)
       noun_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
       idx, valid = select_nouns(noun_keys, nouns, self.multi_label)
       prompts = jnp.where(valid[..., None], z_all[b:][idx], z_txt[:, None])      # [b, K, E]
