@@ -98,7 +98,12 @@ def replace_backbones(state: Any, source: dict[str, Any], where: str, name: str 
 def initialise(state: Any, workdir: str, parts: tuple[str, ...] = (BACKBONE,)) -> tuple[Any, str]:
   """The new run's state with the `parts` (default: the backbone) of `workdir`'s latest checkpoint, and a line
   saying what was loaded."""
-  from cl_jax import train  # pylint: disable=g-import-not-at-top  (train imports this module)
+  import os  # pylint: disable=g-import-not-at-top
+
+  from cl_jax import train, workdir as workdir_lib  # pylint: disable=g-import-not-at-top  (train imports this)
+  if not os.path.exists(workdir_lib.config_path(workdir)):
+    raise ValueError(f"config.init_from={workdir} holds no cl_jax run (no config.json); train that run first or "
+                     "fix the path.")
   src_run, src_state, _, step = train.load_run(workdir)
   counts = []
   for name in parts:
