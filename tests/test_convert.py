@@ -199,3 +199,23 @@ def test_converted_resnet_workdir_starts_a_run_through_init_from(tmp_path, resne
   stats = init_from.source_backbone(state)["batch_stats"]
   np.testing.assert_array_equal(np.asarray(stats["stage4_block2"]["BatchNorm_1"]["mean"]),
                                 resnet18.layer4[1].bn2.running_mean.numpy())
+
+
+def test_dino_and_moco_v3_checkpoint_wrappers_are_read_with_a_prefix(tmp_path, micro_vit):
+  """DINO's full checkpoint ({'teacher': {'backbone.*', 'head.*'}}) and MoCo v3's ({'state_dict':
+  {'module.base_encoder.*', 'module.momentum_encoder.*'}}) give the backbone under --prefix."""
+  from cl_jax.convert import keys
+  sd = micro_vit.state_dict()
+  dino = {"teacher": {**{f"backbone.{k}": v for k, v in sd.items()}, "head.mlp.0.weight": torch.zeros(8, 64)},
+          "epoch": 100}
+  moco = {"state_dict": {**{f"module.base_encoder.{k}": v for k, v in sd.items()},
+                         **{f"module.momentum_encoder.{k}": 2 * v for k, v in sd.items()}}, "arch": "vit_small"}
+  m = timm_vit.model("vit_micro/8")
+  for name, ckpt, prefix in (("dino", dino, "backbone."), ("moco", moco, "module.base_encoder.")):
+    path = str(tmp_path / f"{name}.pth")
+    torch.save(ckpt, path)
+    got = keys.read_checkpoint(path, prefix)
+    assert set(got) == set(sd) and np.array_equal(got["norm.weight"], sd["norm.weight"].numpy())
+    timm_vit.to_flax(got, m)
+  with pytest.raises(StateDictMismatch, match="no key under the prefix 'module.encoder_q.'"):
+    keys.read_checkpoint(str(tmp_path / "moco.pth"), "module.encoder_q.")
