@@ -112,3 +112,28 @@ def test_image_tower_and_zero_shot_logits_parity(small_clip):
   got = scale * (z_img / jnp.linalg.norm(z_img, axis=1, keepdims=True)) @ (z_txt / jnp.linalg.norm(z_txt, axis=1,
                                                                                                    keepdims=True)).T
   assert rel_err(got, want) < RTOL
+
+
+def test_modified_resnet_attention_pool_parity():
+  """open_clip's ModifiedResNet (CLIP RN50's layout; here layers (1, 1, 1, 1), width 16) -> clip_resnet, eval mode."""
+  from open_clip.modified_resnet import ModifiedResNet as TorchModifiedResNet
+  from cl_jax.models.clip_resnet import ModifiedResNet
+  ref = randomise(TorchModifiedResNet(layers=(1, 1, 1, 1), output_dim=32, heads=8, image_size=64, width=16), 0.1)
+  g = torch.Generator().manual_seed(1)
+  with torch.no_grad():
+    for m in ref.modules():
+      if isinstance(m, torch.nn.BatchNorm2d):
+        m.weight.copy_(1 + 0.2 * torch.rand(m.weight.shape, generator=g))
+        m.running_mean.copy_(0.1 * torch.randn(m.running_mean.shape, generator=g))
+        m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=g))
+  x = np.random.RandomState(0).randn(2, 3, 64, 64).astype(np.float32)
+  with torch.no_grad():
+    want = ref(torch.from_numpy(x)).numpy()
+  sd = {f"visual.{k}": v for k, v in ref.state_dict().items()}
+  variables = oc.visual_resnet_to_flax(sd, (1, 1, 1, 1), heads=8)
+  got = ModifiedResNet(layers=(1, 1, 1, 1), width=16, heads=8, output_dim=32).apply(
+      variables, jnp.asarray(x.transpose(0, 2, 3, 1)), train=False)
+  assert got.shape == (2, 32) and rel_err(got, want) < RTOL
+  del sd["visual.layer2.0.downsample.1.running_var"]
+  with pytest.raises(StateDictMismatch, match="missing key 'visual.layer2.0.downsample.1.running_var'"):
+    oc.visual_resnet_to_flax(sd, (1, 1, 1, 1), heads=8)

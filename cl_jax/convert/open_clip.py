@@ -149,3 +149,55 @@ def to_flax(state_dict: Mapping[str, Any], text_heads: int) -> dict[str, Any]:
     raise keys.StateDictMismatch(f"state dict does not match open_clip CLIP: missing key 'logit_scale'; it looks "
                                  f"like {keys.looks_like(sd)}.")
   return {"text": text_to_flax(sd, text_heads), "logit_scale": np.asarray(sd["logit_scale"], np.float32).reshape(())}
+
+
+def _bn(t: str, f: tuple[str, ...]) -> list[keys.Entry]:
+  return [keys.Entry(f"{t}.weight", "params", f + ("scale",), "copy"),
+          keys.Entry(f"{t}.bias", "params", f + ("bias",), "copy"),
+          keys.Entry(f"{t}.running_mean", "batch_stats", f + ("mean",), "copy"),
+          keys.Entry(f"{t}.running_var", "batch_stats", f + ("var",), "copy")]
+
+
+def resnet_table(layers: tuple[int, ...]) -> list[keys.Entry]:
+  """Keys of open_clip's ModifiedResNet (under 'visual.') -> cl_jax clip_resnet.ModifiedResNet, attnpool excepted."""
+  out = []
+  for i in range(3):
+    out += [keys.Entry(f"conv{i + 1}.weight", "params", (f"stem_conv{i + 1}", "kernel"), "conv"),
+            *_bn(f"bn{i + 1}", (f"stem_bn{i + 1}",))]
+  for i, n in enumerate(layers):
+    for j in range(n):
+      t, f = f"layer{i + 1}.{j}", f"layer{i + 1}_block{j + 1}"
+      for k in range(3):
+        out += [keys.Entry(f"{t}.conv{k + 1}.weight", "params", (f, f"conv{k + 1}", "kernel"), "conv"),
+                *_bn(f"{t}.bn{k + 1}", (f, f"bn{k + 1}"))]
+      if j == 0:   # every first block changes width (layer1: width -> 4 * width) or stride; '-1' is the avg-pool
+        out += [keys.Entry(f"{t}.downsample.0.weight", "params", (f, "down_conv", "kernel"), "conv"),
+                *_bn(f"{t}.downsample.1", (f, "down_bn"))]
+  return out
+
+
+def visual_resnet_to_flax(state_dict: Mapping[str, Any], layers: tuple[int, ...], heads: int) -> dict[str, Any]:
+  """open_clip / OpenAI ModifiedResNet (RN50: layers (3, 4, 6, 3)) -> {'params', 'batch_stats'} of cl_jax's
+  clip_resnet.ModifiedResNet(output_dim=embed_dim): attnpool's q/k/v/c_proj -> attn query/key/value/out,
+  positional_embedding [1 + HW, D] -> mean_positional_embedding and the [1, h, w, D] grid."""
+  full = keys.to_numpy(state_dict)
+  sd = {k[len("visual."):]: v for k, v in full.items() if k.startswith("visual.")} or dict(full)
+  t = resnet_table(layers)
+  pool = ("attnpool.positional_embedding", "attnpool.q_proj.weight", "attnpool.k_proj.weight", "attnpool.v_proj.weight",
+          "attnpool.c_proj.weight")
+  for k in [e.torch_key for e in t] + [p for p in pool]:
+    if k not in sd:
+      raise keys.StateDictMismatch(f"state dict does not match an open_clip ModifiedResNet with layers {layers}: "
+                                   f"missing key 'visual.{k}'; it looks like {keys.looks_like(full)}.")
+  out = keys.apply_to_flax(t, sd)
+  pos = sd["attnpool.positional_embedding"]
+  d, g = pos.shape[1], int(round((pos.shape[0] - 1) ** 0.5))
+  c = d // heads
+  attn = {n: {"kernel": sd[f"attnpool.{p}_proj.weight"].T.reshape(d, heads, c),
+              "bias": sd[f"attnpool.{p}_proj.bias"].reshape(heads, c)}
+          for n, p in (("query", "q"), ("key", "k"), ("value", "v"))}
+  w = sd["attnpool.c_proj.weight"]
+  attn["out"] = {"kernel": w.T.reshape(heads, c, w.shape[0]), "bias": sd["attnpool.c_proj.bias"]}
+  out["params"]["attnpool"] = {"positional_embedding": pos[1:].reshape(1, g, g, d),
+                               "mean_positional_embedding": pos[:1].reshape(1, 1, d), "attn": attn}
+  return out
