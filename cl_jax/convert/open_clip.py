@@ -1,7 +1,8 @@
 """open_clip / OpenAI CLIP (open_clip/model.py CLIP, open_clip/transformer.py; OpenAI's clip/model.py has the same
 keys) <-> cl_jax's CLIP parameters (cl_jax/methods/language_image.py DualEncoder: backbone, text, image_projection;
-logit_scale beside it). The text tower maps onto cl_jax/models/text.py TextTransformer as it is; the ViT image
-tower needs ViT options cl_jax does not have yet (ln_pre, LayerNorm eps 1e-5, quick_gelu): see docs/convert.md."""
+logit_scale beside it). The text tower maps onto cl_jax/models/text.py TextTransformer and the ModifiedResNet (RN50)
+onto cl_jax/models/clip_resnet.py as they are; the ViT image tower needs ViT options cl_jax does not have yet
+(ln_pre, LayerNorm eps 1e-5, quick_gelu): see docs/convert.md."""
 from __future__ import annotations
 
 import re
