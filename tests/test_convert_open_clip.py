@@ -137,3 +137,35 @@ def test_modified_resnet_attention_pool_parity():
   del sd["visual.layer2.0.downsample.1.running_var"]
   with pytest.raises(StateDictMismatch, match="missing key 'visual.layer2.0.downsample.1.running_var'"):
     oc.visual_resnet_to_flax(sd, (1, 1, 1, 1), heads=8)
+
+
+def test_command_writes_a_clip_workdir_whose_zero_shot_logits_match_open_clip(tmp_path):
+  """--from=open_clip:<ModifiedResNet CLIP> -> workdir with image tower, text tower, logit_scale and CLIP's BPE
+  tokenizer; cl_jax's CLIP method restored from it gives open_clip's embeddings and logits (and the same tokens)."""
+  import os
+  from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+  from cl_jax import train
+  from cl_jax.convert import __main__ as cli
+  from cl_jax.losses.contrastive import l2_normalize
+  ref = randomise(CLIP(embed_dim=32, vision_cfg=CLIPVisionCfg(layers=(1, 1, 1, 1), width=16, image_size=64),
+                       text_cfg=CLIPTextCfg(width=64, heads=1, layers=2)), scale=0.05)
+  path = str(tmp_path / "clip.pth")
+  torch.save(ref.state_dict(), path)
+  merges = os.path.join(os.path.dirname(open_clip.__file__), "bpe_simple_vocab_16e6.txt.gz")
+  out = str(tmp_path / "wd")
+  assert "clip_resnet_tiny + text Transformer at 64 px" in cli.run("open_clip:clip_resnet_tiny", path, out,
+                                                                   merges=merges)
+  run, state, _, _ = train.load_run(out)
+  prompts = ["a photo of a star.", "a photo of a red heart.", "an image of a small striped circle."]
+  tokens = np.asarray(run.method.tokenizer.encode(prompts))
+  np.testing.assert_array_equal(tokens, open_clip.get_tokenizer("RN50")(prompts).numpy())
+  x = np.random.RandomState(0).randn(2, 3, 64, 64).astype(np.float32)
+  with torch.no_grad():
+    img = torch.nn.functional.normalize(ref.encode_image(torch.from_numpy(x)), dim=-1).numpy()
+    txt = torch.nn.functional.normalize(ref.encode_text(torch.from_numpy(tokens)), dim=-1).numpy()
+    want = ref.logit_scale.exp().numpy() * img @ txt.T
+  z_img = run.method.encode_image_embedding(state["params"], state["method_state"], jnp.asarray(x.transpose(0, 2, 3, 1)))
+  z_txt = run.method.encode_text(state["params"], state["method_state"], jnp.asarray(tokens, jnp.int32))
+  assert rel_err(z_img, img) < RTOL and rel_err(z_txt, txt) < RTOL
+  got = np.exp(np.asarray(state["params"]["logit_scale"])) * np.asarray(l2_normalize(z_img) @ l2_normalize(z_txt).T)
+  assert rel_err(got, want) < RTOL

@@ -2,6 +2,7 @@
 
   python -m cl_jax.convert --from=timm:vit_small_patch16_224 --checkpoint=dino_deitsmall16_pretrain.pth --out=/tmp/dino
   python -m cl_jax.convert --from=torchvision:resnet50 --checkpoint=resnet50-11ad3fa6.pth --out=/tmp/rn50
+  python -m cl_jax.convert --from=open_clip:RN50 --checkpoint=RN50.pt --merges=bpe_simple_vocab_16e6.txt.gz --quick_gelu --out=/tmp/clip_rn50
   python -m cl_jax.convert --to=torch --workdir=/tmp/rn50 --out=/tmp/rn50.pth        # or .safetensors
 
 Nothing is downloaded: --checkpoint is a file you have. --prefix keeps only the keys under it (MoCo v3:
@@ -33,11 +34,36 @@ def convert_state_dict(source: str, sd: dict[str, np.ndarray], image_size: int |
     from cl_jax.convert import torchvision_resnet  # pylint: disable=g-import-not-at-top
     fields = dict(name=arch, width=1.0, stem="imagenet", bn="sync", dtype="float32", zero_init_last_bn=False)
     return fields, torchvision_resnet.to_flax(sd, arch), image_size or 224
-  if family == "open_clip":
-    raise ValueError("--from=open_clip: the text tower and logit_scale convert (cl_jax.convert.open_clip), but a CLIP "
-                     "workdir needs the image tower, which waits for vit.ViT's ln_pre / eps / quick_gelu options "
-                     "(docs/convert.md).")
   raise ValueError(f"Unknown --from family '{family}'; use one of: {', '.join(f + ':<arch>' for f in FAMILIES)}.")
+
+
+def convert_clip(arch: str, sd: dict[str, np.ndarray], merges: str, quick_gelu: bool,
+                 image_size: int | None = None) -> tuple[Any, dict[str, Any], dict[tuple[str, ...], Any]]:
+  """(config, image-tower variables, {params path: subtree}) of an open_clip ModifiedResNet CLIP (RN50 or a cl_jax
+  clip_resnet size); the text tower's sizes are read off the state dict, heads = width // 64 as CLIP's."""
+  from cl_jax.convert import open_clip, workdir_io  # pylint: disable=g-import-not-at-top
+  from cl_jax.models import clip_resnet  # pylint: disable=g-import-not-at-top
+  name = open_clip.RESNETS.get(arch, arch)
+  if name not in clip_resnet._ARCHS:   # pylint: disable=protected-access
+    raise ValueError(f"--from=open_clip:{arch}: supported are {', '.join(open_clip.RESNETS)} (ModifiedResNet towers; "
+                     "the ViT towers wait for vit.ViT's CLIP options, docs/convert.md).")
+  if not merges:
+    raise ValueError("--from=open_clip needs --merges=<bpe_simple_vocab_16e6.txt.gz> (CLIP's BPE merges; open_clip "
+                     "ships it in its package directory).")
+  layers = clip_resnet._ARCHS[name]["layers"]   # pylint: disable=protected-access
+  width = clip_resnet._ARCHS[name]["width"]     # pylint: disable=protected-access
+  heads = max(1, width * 32 // 64)
+  variables = open_clip.visual_resnet_to_flax(sd, layers, heads)
+  embed = sd["visual.attnpool.c_proj.weight"].shape[0] if "visual.attnpool.c_proj.weight" in sd else 0
+  text_width = sd["token_embedding.weight"].shape[1] if "token_embedding.weight" in sd else 64
+  text_heads = max(1, text_width // 64)
+  converted = open_clip.to_flax(sd, text_heads)
+  depth = len([k for k in converted["text"] if k.startswith("block")])
+  model = dict(name=name, heads=None, output_dim=embed, bn="sync", dtype="float32")
+  size = image_size or 32 * int(round((sd["visual.attnpool.positional_embedding"].shape[0] - 1) ** 0.5))
+  config = workdir_io.clip_config(model, size, embed, dict(width=text_width, depth=depth, heads=text_heads,
+                                                           act="quick_gelu" if quick_gelu else "gelu"), merges)
+  return config, variables, {("model", "text"): converted["text"], ("logit_scale",): converted["logit_scale"]}
 
 
 def to_state_dict(model: dict[str, Any], variables: dict[str, Any]) -> tuple[str, dict[str, np.ndarray]]:
@@ -65,7 +91,7 @@ def save_state_dict(sd: dict[str, np.ndarray], path: str) -> None:
 
 
 def run(frm: str, checkpoint: str, out: str, to: str = "", workdir: str = "", prefix: str = "",
-        image_size: int | None = None, method: str = "simclr") -> str:
+        image_size: int | None = None, method: str = "simclr", merges: str = "", quick_gelu: bool = False) -> str:
   """What the command does; returns the line it prints."""
   from cl_jax.convert import keys, workdir_io  # pylint: disable=g-import-not-at-top
   if to:
@@ -78,6 +104,12 @@ def run(frm: str, checkpoint: str, out: str, to: str = "", workdir: str = "", pr
   if not frm or not checkpoint or not out:
     raise ValueError("give --from=<family:arch> --checkpoint=<file> --out=<new workdir> (or --to=torch).")
   sd = keys.read_checkpoint(checkpoint, prefix)
+  if frm.startswith("open_clip:"):
+    config, variables, extra = convert_clip(frm.partition(":")[2], sd, merges, quick_gelu, image_size)
+    copies = workdir_io.write(out, config, variables, {"from": frm, "checkpoint": checkpoint, "prefix": prefix},
+                              extra)
+    return (f"wrote {out}: {frm} as cl_jax {config.model.name} + text Transformer at {config.data.image_size} px "
+            f"({copies} backbone copies); evaluate with python -m cl_jax.evaluate --workdir={out} --protocol=zeroshot")
   model, variables, size = convert_state_dict(frm, sd, image_size)
   config = workdir_io.image_config(model, size, method)
   copies = workdir_io.write(out, config, variables, {"from": frm, "checkpoint": checkpoint, "prefix": prefix})
@@ -94,6 +126,8 @@ def define_flags() -> None:
   flags.DEFINE_string("workdir", "", "with --to=torch: the cl_jax workdir to read")
   flags.DEFINE_string("prefix", "", "keep only the keys under this prefix (e.g. module.base_encoder.)")
   flags.DEFINE_integer("image_size", None, "input size the workdir's config uses (resizes a ViT's positions)")
+  flags.DEFINE_string("merges", "", "--from=open_clip: CLIP's BPE merges file (bpe_simple_vocab_16e6.txt.gz)")
+  flags.DEFINE_bool("quick_gelu", False, "--from=open_clip: OpenAI's weights (QuickGELU); open_clip's own: GELU")
   flags.DEFINE_string("method", "simclr", "the quick-start method of the written config (its heads start fresh)")
 
 
@@ -101,7 +135,8 @@ def main(argv: list[str]) -> None:
   del argv
   f = flags.FLAGS
   try:
-    print(run(f["from"].value, f.checkpoint, f.out, f.to, f.workdir, f.prefix, f.image_size, f.method))
+    print(run(f["from"].value, f.checkpoint, f.out, f.to, f.workdir, f.prefix, f.image_size, f.method, f.merges,
+              f.quick_gelu))
   except (ValueError, FileNotFoundError, FileExistsError, ImportError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(USAGE_ERROR)

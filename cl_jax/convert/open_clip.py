@@ -13,6 +13,10 @@ import numpy as np
 from cl_jax.convert import keys
 from cl_jax.models import vit as vit_lib
 
+# open_clip model names of the ModifiedResNet towers -> cl_jax clip_resnet sizes.
+RESNETS = {"RN50": "clip_rn50", "RN101": "clip_rn101", "RN50x4": "clip_rn50x4", "RN50-quickgelu": "clip_rn50",
+           "RN101-quickgelu": "clip_rn101"}
+
 # The ViT fields CLIP's image tower needs (docs/convert.md); the tower converts only where vit.ViT has them.
 VIT_OPTIONS = ("pre_norm", "norm_eps", "act")
 

@@ -29,9 +29,30 @@ def image_config(model: dict[str, Any], image_size: int, method: str = "simclr")
   return c
 
 
-def write(workdir: str, config: ml_collections.ConfigDict, variables: dict[str, Any], source: dict[str, Any]) -> int:
+def clip_config(model: dict[str, Any], image_size: int, embed_dim: int, text: dict[str, Any],
+                merges_path: str) -> ml_collections.ConfigDict:
+  """The quick-start CLIP config with `model` as image tower (its own projection: no image_projection), the text
+  Transformer `text` (width, depth, heads, act) and CLIP's BPE tokenizer read from `merges_path`."""
+  c = image_config(model, image_size, "clip")
+  c.method = dict(name="clip", embed_dim=embed_dim, image_projection=False)
+  c.text_model = dict(mlp_ratio=4, **text)
+  c.data.text = dict(tokenizer="bpe", merges_path=merges_path, context_length=77, source="caption")
+  c.augment["global"]["views"] = 1
+  return c
+
+
+def _place(old: Any, value: Any, what: str) -> Any:
+  diff = init_from.first_difference(old, value)
+  if diff is not None:
+    raise ValueError(f"the converted {what} does not fit the config's: {diff}.")
+  return jax.tree.map(lambda o, v: jax.device_put(np.asarray(v, dtype=o.dtype), o.sharding), old, value)
+
+
+def write(workdir: str, config: ml_collections.ConfigDict, variables: dict[str, Any], source: dict[str, Any],
+          extra: dict[tuple[str, ...], Any] | None = None) -> int:
   """Writes `config` and a step-0 checkpoint whose every backbone copy holds `variables` ({'params',
-  'batch_stats'}); `source` (where the weights came from) goes to converted.json. Returns the copies written."""
+  'batch_stats'}), and `extra` {path in params: subtree} (CLIP's text tower, logit_scale); `source` (where the
+  weights came from) goes to converted.json. Returns the backbone copies written."""
   from cl_jax import train  # pylint: disable=g-import-not-at-top
   if os.path.exists(workdir_lib.config_path(workdir)):
     raise FileExistsError(f"{workdir} already holds a run; convert into a new --out directory.")
@@ -39,6 +60,9 @@ def write(workdir: str, config: ml_collections.ConfigDict, variables: dict[str, 
   state, _ = train.init_state(run)
   src = {"params": variables["params"], "batch_stats": variables.get("batch_stats") or {}}
   state, copies = init_from.replace_backbones(state, src, f"the converted {source.get('from', 'weights')}")
+  for path, value in (extra or {}).items():
+    state["params"] = init_from._set(state["params"], path, _place(init_from._get(state["params"], path), value,
+                                                                   "/".join(path)))   # pylint: disable=protected-access
   workdir_lib.write_config(workdir, config)
   workdir_lib.write_json(workdir, "converted.json", {**source, "backbone_copies": copies})
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints,
