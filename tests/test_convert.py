@@ -15,6 +15,7 @@ from cl_jax.convert import StateDictMismatch, timm_vit, torchvision_resnet  # no
 from cl_jax.convert import __main__ as cli  # noqa: E402
 
 RTOL = 1e-5
+SMALL_DATA = {"num_train": 512, "num_test": 256}   # the written workdirs' evaluation splits
 
 
 def rel_err(a: np.ndarray, b: np.ndarray) -> float:
@@ -166,7 +167,7 @@ def test_command_writes_a_workdir_that_evaluate_restores_and_writes_it_back(tmp_
   path = str(tmp_path / f"vit.{fmt}")
   cli.save_state_dict({k: v.numpy() for k, v in micro_vit.state_dict().items()}, path)
   out = str(tmp_path / "wd")
-  line = cli.run("timm:vit_micro/8", path, out, image_size=32)
+  line = cli.run("timm:vit_micro/8", path, out, image_size=32, data=SMALL_DATA)
   assert "cl_jax vit_micro at 32 px" in line
   run, state, _, step = train.load_run(out)
   assert step == 0 and run.config.model.patch_size == 8
@@ -189,10 +190,11 @@ def test_converted_resnet_workdir_starts_a_run_through_init_from(tmp_path, resne
   path = str(tmp_path / "rn18.pth")
   torch.save(resnet18.state_dict(), path)
   out = str(tmp_path / "wd")
-  cli.run("torchvision:resnet18", path, out, image_size=32, method="byol")
+  cli.run("torchvision:resnet18", path, out, image_size=32, method="byol", data=SMALL_DATA)
   config = workdir_io.image_config(cli.convert_state_dict("torchvision:resnet18",
                                                           {k: v.numpy() for k, v in resnet18.state_dict().items()})[0],
                                    32, "byol")
+  config.data.update(SMALL_DATA)
   state, _ = train.init_state(train.build_run(config))
   state, line = init_from.initialise(state, out)
   assert "initialised 4 backbone copies" in line   # params and BN statistics of the online network and the EMA target

@@ -13,6 +13,7 @@ from cl_jax.convert import StateDictMismatch, open_clip as oc  # noqa: E402
 from cl_jax.models.text import TextTransformer  # noqa: E402
 
 RTOL = 1e-5
+SMALL_DATA = {"num_train": 512, "num_test": 256}   # the written workdirs' evaluation splits
 
 
 def rel_err(a, b) -> float:
@@ -154,7 +155,7 @@ def test_command_writes_a_clip_workdir_whose_zero_shot_logits_match_open_clip(tm
   merges = os.path.join(os.path.dirname(open_clip.__file__), "bpe_simple_vocab_16e6.txt.gz")
   out = str(tmp_path / "wd")
   assert "clip_resnet_tiny + text Transformer at 64 px" in cli.run("open_clip:clip_resnet_tiny", path, out,
-                                                                   merges=merges)
+                                                                   merges=merges, data=SMALL_DATA)
   run, state, _, _ = train.load_run(out)
   prompts = ["a photo of a star.", "a photo of a red heart.", "an image of a small striped circle."]
   tokens = np.asarray(run.method.tokenizer.encode(prompts))

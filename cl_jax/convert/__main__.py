@@ -91,8 +91,10 @@ def save_state_dict(sd: dict[str, np.ndarray], path: str) -> None:
 
 
 def run(frm: str, checkpoint: str, out: str, to: str = "", workdir: str = "", prefix: str = "",
-        image_size: int | None = None, method: str = "simclr", merges: str = "", quick_gelu: bool = False) -> str:
-  """What the command does; returns the line it prints."""
+        image_size: int | None = None, method: str = "simclr", merges: str = "", quick_gelu: bool = False,
+        data: dict[str, Any] | None = None) -> str:
+  """What the command does; returns the line it prints. `data` overrides config.data of the written workdir (e.g.
+  num_train, num_test: the evaluation split sizes)."""
   from cl_jax.convert import keys, workdir_io  # pylint: disable=g-import-not-at-top
   if to:
     if to != "torch" or not workdir or not out:
@@ -106,12 +108,14 @@ def run(frm: str, checkpoint: str, out: str, to: str = "", workdir: str = "", pr
   sd = keys.read_checkpoint(checkpoint, prefix)
   if frm.startswith("open_clip:"):
     config, variables, extra = convert_clip(frm.partition(":")[2], sd, merges, quick_gelu, image_size)
+    config.data.update(data or {})
     copies = workdir_io.write(out, config, variables, {"from": frm, "checkpoint": checkpoint, "prefix": prefix},
                               extra)
     return (f"wrote {out}: {frm} as cl_jax {config.model.name} + text Transformer at {config.data.image_size} px "
             f"({copies} backbone copies); evaluate with python -m cl_jax.evaluate --workdir={out} --protocol=zeroshot")
   model, variables, size = convert_state_dict(frm, sd, image_size)
   config = workdir_io.image_config(model, size, method)
+  config.data.update(data or {})
   copies = workdir_io.write(out, config, variables, {"from": frm, "checkpoint": checkpoint, "prefix": prefix})
   return (f"wrote {out}: {frm} as cl_jax {model['name']} at {size} px ({copies} backbone copies); evaluate with "
           f"python -m cl_jax.evaluate --workdir={out} --protocol=knn")
