@@ -176,6 +176,9 @@ def test_step_8_devices_vs_1_value_gradient_update_and_gumbel_draws(setup):
   assert float(np.abs(np.asarray(g["multi_label_logit_scale"]))) > 0
   for leaf in ("group_token0", "grouping0", "grouping1", "group_projector1_mlp"):   # gradient through the groups
     assert max(float(np.abs(x).max()) for x in jax.tree.leaves(g["model"]["image"][leaf])) > 0, leaf
+  for stage in ("grouping0", "grouping1"):   # the assignment logits learn only through the straight-through soft part
+    for proj in ("q_proj", "k_proj"):
+      assert float(np.abs(np.asarray(g["model"]["image"][stage]["assign"][proj]["kernel"])).max()) > 0, (stage, proj)
   # the Gumbel draws depend on the key: another seed gives another loss, the same seed the same
   other = make_method_step(method, state, views, 1, seed=6)(params, state, views, 3)
   again = make_method_step(method, state, views, 1, seed=5)(params, state, views, 3)
