@@ -41,6 +41,27 @@ def resize_center_crop(image: Image.Image | np.ndarray, size: int) -> np.ndarray
   return np.asarray(image, dtype=np.uint8)
 
 
+def resize_center_crop_mask(mask: np.ndarray, size: int) -> np.ndarray:
+  """A label mask [H, W] (or [H, W, 1]) through the same geometry as resize_center_crop, nearest-neighbour (labels
+  are never blended): [size, size] int32."""
+  mask = np.asarray(mask)
+  if mask.ndim == 3 and mask.shape[-1] == 1:
+    mask = mask[..., 0]
+  if mask.ndim != 2:
+    raise ValueError(f"expected a label mask [H, W] or [H, W, 1], got shape {mask.shape}; set config.data.mask_key "
+                     "to the dataset's per-pixel class feature.")
+  h, w = mask.shape
+  if (w, h) == (size, size):
+    return mask.astype(np.int32)
+  image = Image.fromarray(mask.astype(np.int32))
+  scale = size / min(w, h)
+  nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+  if (nw, nh) != (w, h):
+    image = image.resize((nw, nh), Image.Resampling.NEAREST)
+  left, top = (nw - size) // 2, (nh - size) // 2
+  return np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.int32)
+
+
 def to_rgb(image: np.ndarray) -> np.ndarray:
   """[H, W], [H, W, 1], [H, W, 3] or [H, W, 4] numeric image -> [H, W, 3] uint8."""
   image = np.asarray(image)

@@ -1,7 +1,8 @@
 """Config -> data source: `shapes` (embedded), `shapes_scenes` (embedded, 1-4 objects with masks),
 `folder:/path` (image folder), `captions:/path`
 (image + .txt caption pairs), `webdataset:/shards/{00000..00009}.tar` (img2dataset tar shards), or a
-tfds name (`data.caption_key` for image-text datasets such as coco_captions).
+tfds name (`data.caption_key` for image-text datasets such as coco_captions; `data.mask_key` and
+`data.mask_classes` for segmentation datasets such as scene_parse150).
 
 Every source is grain-compatible random access: `len(source)`, `source[i]` -> dict of fixed-shape
 numpy arrays ("image" uint8 [S, S, 3], "label" int32 when labelled, "index" int32), with attributes
@@ -68,7 +69,8 @@ FIELDS: dict[str, dict[str, Field]] = {
     "captions": {**SHARED, **_FILES, "class_folders": Field(False, choices=(True, False))},
     "webdataset": {**SHARED, **_FILES, "test_shards": Field(None)},
     "tfds": {**SHARED, "data_dir": Field(None), "image_key": Field("image"), "label_key": Field("label"),
-             "caption_key": Field(None), "train_split": Field(None), "test_split": Field(None)}}
+             "caption_key": Field(None), "train_split": Field(None), "test_split": Field(None),
+             "mask_key": Field(""), "mask_classes": Field(())}}
 
 
 def source_kind(dataset: str) -> str:
@@ -155,7 +157,8 @@ def _image_source(hp: dict[str, Any], split: str) -> Source:
   from cl_jax.data import tfds_source  # pylint: disable=g-import-not-at-top
 
   kwargs = dict(common, data_dir=hp["data_dir"], image_key=str(hp["image_key"] or "image"),
-                label_key=str(hp["label_key"] or "label"))
+                label_key=str(hp["label_key"] or "label"), mask_key=str(hp["mask_key"] or "") or None,
+                mask_classes=tuple(hp["mask_classes"] or ()))
   if hp["caption_key"]:
     return tfds_source.TfdsCaptionSource(dataset, tfds_split(dataset, split, hp),
                                          caption_key=str(hp["caption_key"]), **kwargs)

@@ -9,7 +9,7 @@ import importlib.util
 
 import numpy as np
 
-from cl_jax.data.folder import resize_center_crop, subset_indices
+from cl_jax.data.folder import resize_center_crop, resize_center_crop_mask, subset_indices
 
 EXAMPLE_DATASETS = ("cifar10", "cifar100", "stl10", "imagenet2012", "oxford_flowers102",
                     "food101", "caltech101")
@@ -31,7 +31,8 @@ class TfdsSource:
 
   def __init__(self, name: str, split: str, *, image_size: int, data_dir: str | None = None,
                num_examples: int | None = None, seed: int = 0, image_key: str = "image",
-               label_key: str = "label", caption_key: str | None = None):
+               label_key: str = "label", caption_key: str | None = None, mask_key: str | None = None,
+               mask_classes: tuple[str, ...] = ()):
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
     try:
@@ -63,6 +64,11 @@ class TfdsSource:
                        f"{', '.join(sorted(features))}: set config.data.image_key.")
     if caption_key:
       _check_caption_key(name, features, caption_key)
+    if mask_key and mask_key not in features:
+      raise ValueError(f"tfds dataset '{name}' has no feature '{mask_key}' for data.mask_key; its features are "
+                       f"{', '.join(sorted(features))}.")
+    self.mask_key = mask_key or None
+    self.has_masks = bool(mask_key)
     self.name, self.split, self.image_size = name, split, int(image_size)
     self.caption_key = caption_key or None
     self.image_key, self.label_key = image_key, label_key
@@ -70,6 +76,11 @@ class TfdsSource:
                        and isinstance(features[label_key], tfds.features.ClassLabel))
     self.num_classes = features[label_key].num_classes if self.has_labels else None
     self.class_names = tuple(features[label_key].names) if self.has_labels else None
+    if mask_classes:   # the names of mask values 1..K (0 = background): segmentation's label set
+      self.class_names = tuple(str(c) for c in mask_classes)
+    elif self.has_masks and not self.has_labels:
+      raise ValueError(f"tfds dataset '{name}' has masks ('{mask_key}') but no class names; set "
+                       "config.data.mask_classes to the names of mask values 1, 2, ... (0 is the background).")
     self._records = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
     self._indices = subset_indices(len(self._records), num_examples, seed)
     self._text_records = None
@@ -100,6 +111,8 @@ class TfdsSource:
     out = {"image": image, "index": np.asarray(int(i), np.int32)}
     if self.has_labels:
       out["label"] = np.asarray(record[self.label_key], np.int32)
+    if self.mask_key:   # 0 background, c + 1 = class c (as shapes_scenes); cropped with the image
+      out["mask"] = resize_center_crop_mask(np.asarray(record[self.mask_key]), s)
     return out
 
   def __getitem__(self, i: int) -> dict[str, np.ndarray]:
