@@ -2,7 +2,8 @@
 
   python -m cl_jax.convert --from=timm:vit_small_patch16_224 --checkpoint=dino_deitsmall16_pretrain.pth --out=/tmp/dino
   python -m cl_jax.convert --from=torchvision:resnet50 --checkpoint=resnet50-11ad3fa6.pth --out=/tmp/rn50
-  python -m cl_jax.convert --from=open_clip:RN50 --checkpoint=RN50.pt --merges=bpe_simple_vocab_16e6.txt.gz --quick_gelu --out=/tmp/clip_rn50
+  python -m cl_jax.convert --from=open_clip:RN50-quickgelu --checkpoint=open_clip_pytorch_model.bin \
+      --merges=bpe_simple_vocab_16e6.txt.gz --quick_gelu --out=/tmp/clip_rn50
   python -m cl_jax.convert --to=torch --workdir=/tmp/rn50 --out=/tmp/rn50.pth        # or .safetensors
 
 Nothing is downloaded: --checkpoint is a file you have. --prefix keeps only the keys under it (MoCo v3:
