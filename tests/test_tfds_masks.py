@@ -56,9 +56,9 @@ def tfds_dir(tmp_path_factory):
 
 
 def cfg(data_dir, **kw):
-  return ml_collections.ConfigDict(dict(dataset="cl_jax_tiny_scenes", image_size=S, data_dir=data_dir, seed=0,
-                                        num_train=None, num_test=None, mask_key="annotation",
-                                        mask_classes=NAMES, **kw))
+  return ml_collections.ConfigDict({**dict(dataset="cl_jax_tiny_scenes", image_size=S, data_dir=data_dir, seed=0,
+                                           num_train=None, num_test=None, mask_key="annotation",
+                                           mask_classes=NAMES), **kw})
 
 
 def test_masks_are_cropped_with_their_images(tfds_dir):
@@ -95,6 +95,17 @@ def test_unknown_mask_key_is_one_line(tfds_dir):
 def test_masks_without_class_names_is_one_line(tfds_dir):
   one_line_error(lambda: sources.get_source(_with(cfg(tfds_dir), mask_classes=()), "train"),
                  "data.mask_classes", "0 is the background")
+
+
+def test_class_names_from_a_file(tfds_dir, tmp_path):
+  lines = tmp_path / "names.txt"
+  lines.write_text("sky\ntree\n\nroad\n")
+  assert sources.get_source(cfg(tfds_dir, mask_classes=str(lines)), "train").class_names == NAMES
+  ade = tmp_path / "objectInfo150.csv"
+  ade.write_text("Idx,Ratio,Train,Val,Name\n1,0.1,1,1,sky\n2,0.1,1,1,tree;trees\n3,0.1,1,1,road;route\n")
+  assert sources.get_source(cfg(tfds_dir, mask_classes=str(ade)), "train").class_names == NAMES
+  one_line_error(lambda: sources.get_source(cfg(tfds_dir, mask_classes=str(tmp_path / "nope.txt")), "train"),
+                 "no such file", "data.mask_classes")
 
 
 def test_a_bad_mask_shape_is_one_line():

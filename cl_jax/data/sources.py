@@ -158,7 +158,8 @@ def _image_source(hp: dict[str, Any], split: str) -> Source:
 
   kwargs = dict(common, data_dir=hp["data_dir"], image_key=str(hp["image_key"] or "image"),
                 label_key=str(hp["label_key"] or "label"), mask_key=str(hp["mask_key"] or "") or None,
-                mask_classes=tuple(hp["mask_classes"] or ()))
+                mask_classes=(hp["mask_classes"] if isinstance(hp["mask_classes"], str)
+                              else tuple(hp["mask_classes"] or ())))
   if hp["caption_key"]:
     return tfds_source.TfdsCaptionSource(dataset, tfds_split(dataset, split, hp),
                                          caption_key=str(hp["caption_key"]), **kwargs)

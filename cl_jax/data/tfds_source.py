@@ -22,6 +22,23 @@ def _cli_hint() -> str:
   return " (the tfds CLI needs `pip install apache-beam`)"
 
 
+def class_names_file(path: str) -> tuple[str, ...]:
+  """Class names from a file: one per line, or a CSV with a 'Name' column (ADE20K's objectInfo150.csv, where the
+  first of the ';'-separated synonyms is kept), in mask-value order 1, 2, ..."""
+  import csv  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+
+  if not os.path.exists(path):
+    raise ValueError(f"data.mask_classes={path!r}: no such file; give the class names as a tuple or a file of one "
+                     "name per line (or ADE20K's objectInfo150.csv).")
+  with open(path, newline="") as f:
+    text = f.read()
+  rows = list(csv.DictReader(text.splitlines()))
+  if rows and "Name" in rows[0]:
+    return tuple(r["Name"].split(";")[0].strip() for r in rows)
+  return tuple(line.strip() for line in text.splitlines() if line.strip())
+
+
 class TfdsSource:
   """Grain-compatible random-access source over a prepared tfds image dataset."""
 
@@ -32,7 +49,7 @@ class TfdsSource:
   def __init__(self, name: str, split: str, *, image_size: int, data_dir: str | None = None,
                num_examples: int | None = None, seed: int = 0, image_key: str = "image",
                label_key: str = "label", caption_key: str | None = None, mask_key: str | None = None,
-               mask_classes: tuple[str, ...] = ()):
+               mask_classes: tuple[str, ...] | str = ()):
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
     try:
@@ -76,6 +93,8 @@ class TfdsSource:
                        and isinstance(features[label_key], tfds.features.ClassLabel))
     self.num_classes = features[label_key].num_classes if self.has_labels else None
     self.class_names = tuple(features[label_key].names) if self.has_labels else None
+    if isinstance(mask_classes, str):
+      mask_classes = class_names_file(mask_classes)
     if mask_classes:   # the names of mask values 1..K (0 = background): segmentation's label set
       self.class_names = tuple(str(c) for c in mask_classes)
     elif self.has_masks and not self.has_labels:
