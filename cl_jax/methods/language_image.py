@@ -101,7 +101,7 @@ class LanguageImageMethod(Method):
   def __init__(self, config: ml_collections.ConfigDict, run_facts: RunFacts):
     super().__init__(config, run_facts)
     m = self.hp
-    self.tokenizer: Tokenizer = build_tokenizer(text_config(config))
+    self.tokenizer: Tokenizer = build_tokenizer(self.text_settings(config))
     self.embed_dim = int(m["embed_dim"])
     text = build_text_model(config.get("text_model", ml_collections.ConfigDict()), self.tokenizer.vocab_size,
                             self.tokenizer.context_length, self.embed_dim)
@@ -109,6 +109,10 @@ class LanguageImageMethod(Method):
                              bool(m["image_projection"]))
 
   # ---------------------------------------------------------------- per-method hooks
+  def text_settings(self, config: ml_collections.ConfigDict) -> Any:
+    """The tokenizer's settings: config.data.text (a method whose text is not in the batch may look elsewhere)."""
+    return text_config(config)
+
   @abc.abstractmethod
   def loss_params(self) -> dict[str, jax.Array]:
     """The learnable scalars of the loss (temperature, bias), trained with the towers."""

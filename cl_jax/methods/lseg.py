@@ -12,6 +12,7 @@ from absl import logging
 
 from cl_jax import parallel
 from cl_jax.data.masking import batch_keys
+from cl_jax.data.tfds_source import class_names_file
 from cl_jax.losses.contrastive import l2_normalize
 from cl_jax.losses.lseg import IGNORE, pixel_cross_entropy
 from cl_jax.methods import METHODS
@@ -65,7 +66,7 @@ class LSeg(LanguageImageMethod):
   (models/dense_decoder.py, single-scale), label embeddings T [K, C] of the label set by the frozen text tower,
   logits 1/0.07 x cos(I, T) (fixed, as lang-seg's lseg_net.py), bilinearly upsampled to the mask, per-pixel
   cross-entropy (losses/lseg.py). Training labels: `labels` are the class names of the mask ids (mask value c + 1
-  = labels[c]); the label set is `background_label` (mask value 0; lang-seg's "other") and every label whose
+  = labels[c]; a tuple, or a file as data.mask_classes); the label set is `background_label` (mask value 0; lang-seg's "other") and every label whose
   class is not in config.data.held_out_classes, each through `label_template`; held-out classes never reach the
   loss, so segmenting them is zero-shot. Views: the batch's images and masks with one shared random horizontal
   flip (lang-seg also scales and crops; here the 32 px scenes are used whole: the recipe's one crop group must be
@@ -75,13 +76,19 @@ class LSeg(LanguageImageMethod):
   classification reads the renormalised mean of the pixel embeddings."""
 
   SCHEMA = {**LanguageImageMethod.SCHEMA, "labels": Field(()), "background_label": Field("other"),
-            "label_template": Field("{}"), "decoder_features": Field(64, low=1)}
+            "label_template": Field("{}"), "decoder_features": Field(64, low=1), "text": Field(None)}
   init_from_parts = ("backbone", "text")
+
+  def text_settings(self, config: ml_collections.ConfigDict) -> Any:
+    """method.text (tokenizer, merges_path, context_length: the label prompts need no text in the batch), else
+    config.data.text."""
+    text = config.method.get("text", None)
+    return text if text else super().text_settings(config)
 
   def __init__(self, config: ml_collections.ConfigDict, run_facts: RunFacts):
     super().__init__(config, run_facts)
     labels = self.hp["labels"]
-    labels = (labels,) if isinstance(labels, str) else tuple(labels or ())
+    labels = class_names_file(labels) if isinstance(labels, str) else tuple(labels or ())
     if not labels:
       raise ValueError("lseg needs method.labels: the class names of the mask ids in order (shapes_scenes: "
                        "cl_jax.data.scenes.CLASS_NAMES).")
