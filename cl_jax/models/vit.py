@@ -84,15 +84,18 @@ class Block(nn.Module):
   num_heads: int
   mlp_ratio: int = 4
   dtype: Any = jnp.float32
+  eps: float = 1e-6
+  act: str = "gelu"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    norm = functools.partial(nn.LayerNorm, epsilon=1e-6, dtype=self.dtype, param_dtype=jnp.float32)
+    norm = functools.partial(nn.LayerNorm, epsilon=self.eps, dtype=self.dtype, param_dtype=jnp.float32)
     dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=jnp.float32,
                               kernel_init=_dense_init)
     x = x + Attention(self.num_heads, self.dtype, name="attn")(norm(name="norm1")(x))
     y = dense(self.mlp_ratio * x.shape[-1], name="fc1")(norm(name="norm2")(x))
-    return x + dense(x.shape[-1], name="fc2")(nn.gelu(y, approximate=False))
+    y = nn.gelu(y, approximate=False) if self.act == "gelu" else y * jax.nn.sigmoid(1.702 * y)   # quick_gelu
+    return x + dense(x.shape[-1], name="fc2")(y)
 
 
 class ViT(nn.Module):
@@ -115,6 +118,9 @@ class ViT(nn.Module):
   posemb: str = "learn"
   dtype: Any = jnp.float32
   arch: str = "vit"
+  norm_eps: float = 1e-6
+  pre_norm: bool = False
+  act: str = "gelu"
 
   @property
   def feature_dim(self) -> int:
@@ -159,9 +165,11 @@ class ViT(nn.Module):
     x = x.reshape(b, gh * gw, d) + posemb.astype(self.dtype)
     cls = jnp.broadcast_to((cls + cls_pos).astype(self.dtype), (b, 1, d))
     x = jnp.concatenate([cls, x], axis=1)
+    if self.pre_norm:   # CLIP's ln_pre
+      x = nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype, param_dtype=jnp.float32, name="norm_pre")(x)
     for i in range(self.depth):
-      x = Block(self.num_heads, self.mlp_ratio, self.dtype, name=f"block{i + 1}")(x)
-    x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, param_dtype=jnp.float32, name="norm")(x)
+      x = Block(self.num_heads, self.mlp_ratio, self.dtype, self.norm_eps, self.act, name=f"block{i + 1}")(x)
+    x = nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype, param_dtype=jnp.float32, name="norm")(x)
     x = x.astype(jnp.float32)
     if return_tokens:
       return {"cls": x[:, 0], "patches": x[:, 1:]}
