@@ -183,7 +183,7 @@ def test_linear_full_mode_trains_the_head(loaded):
 def test_cli_unknown_protocol_and_empty_workdir(tmp_path):
   line = cli_one_line(f"--workdir={tmp_path}", "--protocol=lineer", module="cl_jax.evaluate", status=1)
   assert line == ("error: Unknown protocol 'lineer'; known protocols: attributes, discovery, fdt_tokens, fine_recall, knn, linear, "
-                  "noisy_labels, retrieval, tsne, "
+                  "noisy_labels, retrieval, segmentation, tsne, "
                   "zeroshot."), line
   line = cli_one_line(f"--workdir={tmp_path}", "--protocol=knn", module="cl_jax.evaluate", status=1)
   assert "no config.json" in line, line

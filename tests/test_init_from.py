@@ -72,5 +72,5 @@ def test_another_architecture_fails_naming_the_leaf(source):
 def test_a_workdir_without_a_run_fails_in_one_line(tmp_path):
   run = train.build_run(tiny_config())
   state, _ = train.init_state(run)
-  with pytest.raises(FileNotFoundError, match="holds no run"):
+  with pytest.raises(ValueError, match="config.init_from=.*nothing holds no cl_jax run"):
     init_from.initialise(state, os.path.join(str(tmp_path), "nothing"))

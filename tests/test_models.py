@@ -107,7 +107,7 @@ def test_sincos_posemb_matches_moco_v3_formula_and_has_no_params():
 def test_feature_dims_without_running():
   dims = {"resnet_tiny": 128, "resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048,
           "resnet152": 2048, "vit_micro": 64, "vit_tiny": 192, "vit_small": 384, "vit_base": 768,
-          "vit_large": 1024,
+          "vit_large": 1024, "groupvit": 384,   # GroupViT-S: pooled final groups, before the projection
           # CLIP's modified ResNets: the attention pool's output is the pooled width (width x 32) before the
           # method's projection to the joint space (CLIP Sec. 2.4; RN50x4 has width 80).
           "clip_resnet_tiny": 512, "clip_rn50": 2048, "clip_rn101": 2048, "clip_rn50x4": 2560}

@@ -17,7 +17,7 @@ def _quickstart(method="simclr"):
 
 
 @pytest.mark.parametrize("section,key,value,expected", [
-    ("model", "depht", 50, r"^model.depht: unknown; known: bn, dtype, stem, width, zero_init_last_bn\.$"),
+    ("model", "depht", 50, r"^model.depht: unknown;( did you mean depths\?)? known: bn, dtype, stem, width, zero_init_last_bn\.$"),
     ("optim", "warmup_epoch", 1, r"^optim.warmup_epoch: unknown; did you mean warmup_epochs\? known: "),
     ("data", "on_bad_imag", "fail", r"^data.on_bad_imag: unknown; did you mean on_bad_image\? known: "),
 ])
