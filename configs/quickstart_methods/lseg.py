@@ -9,6 +9,9 @@ tower's label embeddings, starting from the dense-CLIP quick start's towers; two
 The held-out classes are then also absent from the CLIP run's captions only if that run holds them out too
 (--config.data.held_out_classes="('star','heart')" on both commands gives the strict open-vocabulary split).
 Evaluation labels are the same raw class names and "other" for the background, as lang-seg's label sets.
+Measured (390 steps, 2 shared cores): from clip_scenes mIoU 16.09% (pixel acc. 89.95; seen / held-out classes
+8.78 / 6.47); from clip_vit (quickstart_methods/clip_vit.py) 16.04% (7.43 / 10.57): foreground is learnt, the
+shape is not (target: seen >= 60).
 """
 import ml_collections
 

@@ -8,6 +8,10 @@ trained from scratch (method.freeze_towers=False). The paper's recipe, the embed
   python -m cl_jax.main --config=configs/quickstart.py:method=pacl --workdir=/tmp/q_pacl_frozen \\
     --config.init_from=/tmp/q_clip_scenes --config.method.freeze_towers=True \\
     --config.optim.frozen="('backbone','text')"
+
+Measured (780 steps, 2 shared cores): from scratch mIoU 2.27% (pixel acc. 16.57, object pixels of held-out / seen
+pairs 15.90 / 14.06), zero-shot 16.45%; frozen on clip_scenes 2.86%; frozen on clip_vit 2.56%; the dense-CLIP
+baseline (clip_scenes) 4.91%: no gain in mIoU (README, "Open-vocabulary segmentation", says why).
 """
 import ml_collections
 
