@@ -90,11 +90,8 @@ def test_a_vision_only_state_dict_names_what_it_looks_like(small_clip):
 
 
 def test_image_tower_and_zero_shot_logits_parity(small_clip):
-  """Needs vit.ViT's pre_norm / norm_eps / act fields (docs/convert.md); skipped where the ViT lacks them."""
-  try:
-    tower = oc.vision_model(width=64, depth=2, heads=2, patch=8)
-  except NotImplementedError as e:
-    pytest.skip(str(e))
+  """CLIP's ViT image tower through vit.ViT's pre_norm / norm_eps / act fields (docs/convert.md)."""
+  tower = oc.vision_model(width=64, depth=2, heads=2, patch=8)
   from cl_jax.methods.language_image import DualEncoder
   text = TextTransformer(vocab_size=100, context_length=16, width=64, depth=2, num_heads=2, embed_dim=32, act="gelu")
   model = DualEncoder(tower, text, 32)

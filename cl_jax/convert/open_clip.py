@@ -17,18 +17,10 @@ from cl_jax.models import vit as vit_lib
 RESNETS = {"RN50": "clip_rn50", "RN101": "clip_rn101", "RN50x4": "clip_rn50x4", "RN50-quickgelu": "clip_rn50",
            "RN101-quickgelu": "clip_rn101"}
 
-# The ViT fields CLIP's image tower needs (docs/convert.md); the tower converts only where vit.ViT has them.
-VIT_OPTIONS = ("pre_norm", "norm_eps", "act")
-
-
 def vision_model(width: int, depth: int, heads: int, patch: int, act: str = "gelu") -> vit_lib.ViT:
   """The cl_jax ViT of an open_clip image tower: ln_pre, LayerNorm eps 1e-5, GELU (quick_gelu for OpenAI's)."""
-  missing = [f for f in VIT_OPTIONS if f not in vit_lib.ViT.__dataclass_fields__]
-  if missing:
-    raise NotImplementedError(f"cl_jax's ViT has no {', '.join(missing)} field yet, which CLIP's image tower needs "
-                              "(ln_pre, LayerNorm eps 1e-5, quick_gelu); see docs/convert.md.")
-  return vit_lib.ViT(dim=width, depth=depth, num_heads=heads, patch_size=patch, arch="clip_vit",
-                     **dict(zip(VIT_OPTIONS, (True, 1e-5, act))))
+  return vit_lib.ViT(dim=width, depth=depth, num_heads=heads, patch_size=patch, arch="clip_vit", pre_norm=True,
+                     norm_eps=1e-5, act=act)
 
 
 def _depth(sd: Mapping[str, Any], prefix: str) -> int:

@@ -133,8 +133,15 @@ class LSeg(LanguageImageMethod):
   def loss_params(self) -> dict[str, jax.Array]:
     return {}
 
-  def contrastive_loss(self, params, z_img, z_txt, views):   # LSeg has no contrastive term (see loss)
-    raise NotImplementedError
+  def contrastive_loss(self, params, z_img, z_txt, views):
+    """LSeg's loss in the language-image slot: pixel embeddings z_img [b, h, w, C] against the label embeddings
+    z_txt [K, C] at 1/0.07, upsampled to views["mask"], per-pixel cross-entropy over the label set."""
+    del params
+    logits = LOGIT_SCALE * jnp.einsum("bhwc,kc->bhwk", l2_normalize(z_img), l2_normalize(z_txt))
+    masks = views["mask"]
+    b, h, w = masks.shape
+    logits = jax.image.resize(logits, (b, h, w, logits.shape[-1]), method="linear", antialias=False)
+    return pixel_cross_entropy(logits, self.lookup[masks], axis_name=parallel.DATA)
 
   def _images(self, views: Views) -> jax.Array:
     """The whole preprocessed images [b, H, W, 3], checked against the masks."""
@@ -157,10 +164,7 @@ class LSeg(LanguageImageMethod):
     del step
     x, masks = flip_pairs(key, self._images(views), views["mask"])
     cls, pixels, text = self.model.apply({"params": params["model"]}, x, self.label_tokens, train=True)
-    logits = LOGIT_SCALE * jnp.einsum("bhwc,kc->bhwk", l2_normalize(pixels), l2_normalize(text))
-    b, h, w = masks.shape
-    logits = jax.image.resize(logits, (b, h, w, logits.shape[-1]), method="linear", antialias=False)
-    loss, metrics = pixel_cross_entropy(logits, self.lookup[masks], axis_name=parallel.DATA)
+    loss, metrics = self.contrastive_loss(params, pixels, text, {"mask": masks})
     metrics["features"] = cls
     return loss, (state, metrics)
 
