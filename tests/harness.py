@@ -147,6 +147,19 @@ def method_step(method, params, state, views, num_devices: int | None = None, *,
       params, state, views, step, opt_state)
 
 
+def adam_steps(method, params, state, views, steps: int, lr: float = 3e-3, num_devices: int = 8):
+  """`steps` Adam steps on the same views (state kept fixed): (final params, the loss of each step)."""
+  tx = optax.adam(lr)
+  opt_state = tx.init(params)
+  step = make_method_step(method, state, views, num_devices, tx=tx)
+  losses = []
+  for i in range(steps):
+    out = step(params, state, views, i, opt_state)
+    params, opt_state = out.params, out.opt_state
+    losses.append(float(out.loss))
+  return params, losses
+
+
 def _put(mesh, tree, specs):
   """`tree` on `mesh`, laid out by the PartitionSpec prefix tree `specs`."""
   return jax.tree.map(lambda s, x: jax.device_put(x, NamedSharding(mesh, s)), specs, tree,

@@ -6,7 +6,6 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from cl_jax import parallel
@@ -14,7 +13,7 @@ from cl_jax.data import augment, scenes
 from cl_jax.losses.lseg import IGNORE, pixel_cross_entropy
 from cl_jax.methods import lseg as lseg_method
 from cl_jax.models.dense_decoder import DenseDecoder
-from tests.harness import build_method, make_method_step, one_line_error, override, tiny_method_config
+from tests.harness import adam_steps, build_method, make_method_step, one_line_error, override, tiny_method_config
 
 
 def ce_reference(logits, targets):
@@ -131,14 +130,7 @@ def test_text_tower_is_frozen_and_8_devices_equal_1(setup):
 
 def test_loss_decreases_and_dense_readout(setup):
   method, params, state, views, _ = setup
-  tx = optax.adam(3e-3)
-  opt_state = tx.init(params)
-  step = make_method_step(method, state, views, 8, tx=tx)
-  losses = []
-  for i in range(6):
-    out = step(params, state, views, i, opt_state)
-    params, opt_state = out.params, out.opt_state
-    losses.append(float(out.loss))
+  params, losses = adam_steps(method, params, state, views, 6)
   assert losses[-1] < losses[0] - 0.1, losses
   dense = np.asarray(method.encode_dense(params, state, views["crops"][0][0][:2]))
   assert dense.shape == (2, 16, 16, 32)

@@ -6,14 +6,13 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from cl_jax import parallel, train
 from cl_jax.data import augment, scenes
 from cl_jax.losses.clip import clip_loss
 from cl_jax.losses.pacl import patch_compatibility, pacl_loss
-from tests.harness import build_method, make_method_step, one_line_error, override, tiny_method_config
+from tests.harness import adam_steps, build_method, make_method_step, one_line_error, override, tiny_method_config
 
 
 def unit(x):
@@ -141,14 +140,7 @@ def test_frozen_towers_get_no_gradient(setup):
 
 def test_loss_decreases_and_the_dense_readout(setup):
   method, params, state, views = setup
-  tx = optax.adam(3e-3)
-  opt_state = tx.init(params)
-  step = make_method_step(method, state, views, 8, tx=tx)
-  losses = []
-  for i in range(6):
-    out = step(params, state, views, i, opt_state)
-    params, opt_state = out.params, out.opt_state
-    losses.append(float(out.loss))
+  params, losses = adam_steps(method, params, state, views, 6)
   assert losses[-1] < losses[0] - 0.05, losses
   images = views["crops"][0][0][:3]
   dense = np.asarray(method.encode_dense(params, state, images))
