@@ -40,31 +40,66 @@ def convert_state_dict(source: str, sd: dict[str, np.ndarray], image_size: int |
 
 def convert_clip(arch: str, sd: dict[str, np.ndarray], merges: str, quick_gelu: bool,
                  image_size: int | None = None) -> tuple[Any, dict[str, Any], dict[tuple[str, ...], Any]]:
-  """(config, image-tower variables, {params path: subtree}) of an open_clip ModifiedResNet CLIP (RN50 or a cl_jax
-  clip_resnet size); the text tower's sizes are read off the state dict, heads = width // 64 as CLIP's."""
+  """(config, image-tower variables, {params path: subtree}) of an open_clip CLIP: a ViT tower (ViT-B-32, ViT-B-16,
+  ViT-L-14, or any cl_jax vit_* size) or a ModifiedResNet (RN50, RN101, RN50x4, a clip_resnet size); the text
+  tower's sizes are read off the state dict, heads = width // 64 as CLIP's."""
   from cl_jax.convert import open_clip, workdir_io  # pylint: disable=g-import-not-at-top
-  from cl_jax.models import clip_resnet  # pylint: disable=g-import-not-at-top
-  name = open_clip.RESNETS.get(arch, arch)
-  if name not in clip_resnet._ARCHS:   # pylint: disable=protected-access
-    raise ValueError(f"--from=open_clip:{arch}: supported are {', '.join(open_clip.RESNETS)} (ModifiedResNet towers; "
-                     "the ViT towers wait for vit.ViT's CLIP options, docs/convert.md).")
   if not merges:
     raise ValueError("--from=open_clip needs --merges=<bpe_simple_vocab_16e6.txt.gz> (CLIP's BPE merges; open_clip "
                      "ships it in its package directory).")
-  layers = clip_resnet._ARCHS[name]["layers"]   # pylint: disable=protected-access
-  width = clip_resnet._ARCHS[name]["width"]     # pylint: disable=protected-access
-  heads = max(1, width * 32 // 64)
-  variables = open_clip.visual_resnet_to_flax(sd, layers, heads)
-  embed = sd["visual.attnpool.c_proj.weight"].shape[0] if "visual.attnpool.c_proj.weight" in sd else 0
+  act = "quick_gelu" if quick_gelu else "gelu"
+  if "visual.class_embedding" in sd:
+    visual, model, size, embed = _clip_vit(arch, sd, act, image_size)
+  else:
+    visual, model, size, embed = _clip_resnet(arch, sd, image_size)
   text_width = sd["token_embedding.weight"].shape[1] if "token_embedding.weight" in sd else 64
   text_heads = max(1, text_width // 64)
   converted = open_clip.to_flax(sd, text_heads)
   depth = len([k for k in converted["text"] if k.startswith("block")])
+  config = workdir_io.clip_config(model, size, embed, dict(width=text_width, depth=depth, heads=text_heads, act=act),
+                                  merges, image_projection="image_projection" in visual)
+  extra = {("model", "text"): converted["text"], ("logit_scale",): converted["logit_scale"]}
+  if "image_projection" in visual:
+    extra[("model", "image_projection")] = visual["image_projection"]
+  return config, {"params": visual["params"], "batch_stats": visual["batch_stats"]}, extra
+
+
+def _clip_vit(arch: str, sd: dict[str, np.ndarray], act: str, image_size: int | None) -> tuple[dict, dict, int, int]:
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from cl_jax.convert import open_clip  # pylint: disable=g-import-not-at-top
+  from cl_jax.models import vit  # pylint: disable=g-import-not-at-top
+  width = sd["visual.class_embedding"].shape[0]
+  depth = len({k.split(".")[3] for k in sd if k.startswith("visual.transformer.resblocks.")})
+  name, found = open_clip.VITS.get(arch, (arch, None))[0], open_clip.vit_size(width, depth)
+  if name != found:
+    raise ValueError(f"--from=open_clip:{arch}: the state dict holds a ViT of width {width} and depth {depth} "
+                     f"(cl_jax {found}); name it --from=open_clip:{found}.")
+  patch = sd["visual.conv1.weight"].shape[-1]
+  tree = open_clip.visual_to_flax(sd, vit._ARCHS[name]["num_heads"])   # pylint: disable=protected-access
+  grid = tree["backbone"]["pos_embedding"].shape[1]
+  size = image_size or patch * grid
+  if size // patch != grid:
+    tree["backbone"]["pos_embedding"] = np.asarray(vit.interpolate_posemb(
+        jnp.asarray(tree["backbone"]["pos_embedding"]), (size // patch,) * 2))
+  model = dict(name=name, patch_size=int(patch), pre_norm=True, norm_eps=1e-5, act=act, dtype="float32")
+  return ({"params": tree["backbone"], "batch_stats": {}, "image_projection": tree["image_projection"]}, model, size,
+          sd["visual.proj"].shape[1])
+
+
+def _clip_resnet(arch: str, sd: dict[str, np.ndarray], image_size: int | None) -> tuple[dict, dict, int, int]:
+  from cl_jax.convert import open_clip  # pylint: disable=g-import-not-at-top
+  from cl_jax.models import clip_resnet  # pylint: disable=g-import-not-at-top
+  name = open_clip.RESNETS.get(arch, arch)
+  if name not in clip_resnet._ARCHS:   # pylint: disable=protected-access
+    raise ValueError(f"--from=open_clip:{arch}: supported are {', '.join([*open_clip.RESNETS, *open_clip.VITS])} "
+                     "or a cl_jax clip_resnet / vit size.")
+  layers = clip_resnet._ARCHS[name]["layers"]   # pylint: disable=protected-access
+  width = clip_resnet._ARCHS[name]["width"]     # pylint: disable=protected-access
+  variables = open_clip.visual_resnet_to_flax(sd, layers, max(1, width * 32 // 64))
+  embed = sd["visual.attnpool.c_proj.weight"].shape[0] if "visual.attnpool.c_proj.weight" in sd else 0
   model = dict(name=name, heads=None, output_dim=embed, bn="sync", dtype="float32")
   size = image_size or 32 * int(round((sd["visual.attnpool.positional_embedding"].shape[0] - 1) ** 0.5))
-  config = workdir_io.clip_config(model, size, embed, dict(width=text_width, depth=depth, heads=text_heads,
-                                                           act="quick_gelu" if quick_gelu else "gelu"), merges)
-  return config, variables, {("model", "text"): converted["text"], ("logit_scale",): converted["logit_scale"]}
+  return variables, model, size, embed
 
 
 def to_state_dict(model: dict[str, Any], variables: dict[str, Any]) -> tuple[str, dict[str, np.ndarray]]:
@@ -81,8 +116,34 @@ def to_state_dict(model: dict[str, Any], variables: dict[str, Any]) -> tuple[str
                    "imagenet stem and width 1 (torchvision).")
 
 
+def clip_to_state_dict(workdir: str) -> tuple[Any, dict[str, np.ndarray]]:
+  """(config, open_clip CLIP state dict) of a cl_jax CLIP workdir: image tower (ViT with pre_norm, or a
+  ModifiedResNet), image projection, text tower and logit_scale, loadable by open_clip's CLIP(strict=True)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from cl_jax import init_from, train  # pylint: disable=g-import-not-at-top
+  from cl_jax.convert import open_clip  # pylint: disable=g-import-not-at-top
+  from cl_jax.models import clip_resnet  # pylint: disable=g-import-not-at-top
+  run, state, _, _ = train.load_run(workdir)
+  params = jax.device_get(state["params"])
+  model = params["model"]
+  backbone = jax.device_get(init_from.source_backbone(state))
+  name = run.config.model.name
+  if name.startswith("vit"):
+    sd = open_clip.visual_from_flax(backbone["params"], model.get("image_projection", {}).get("kernel"))
+  elif name in clip_resnet._ARCHS and not run.config.method.image_projection:   # pylint: disable=protected-access
+    sd = open_clip.visual_resnet_from_flax(backbone, clip_resnet._ARCHS[name]["layers"])   # pylint: disable=protected-access
+  else:
+    raise ValueError(f"no open_clip layout for a CLIP image tower {name} (image_projection="
+                     f"{run.config.method.image_projection}); supported: vit_* with pre_norm, clip_rn* without "
+                     "image_projection.")
+  sd.update(open_clip.text_from_flax(model["text"]))
+  sd["logit_scale"] = np.asarray(params["logit_scale"], np.float32).reshape(())
+  return run.config, sd
+
+
 def save_state_dict(sd: dict[str, np.ndarray], path: str) -> None:
   """Writes a state dict as .safetensors (safetensors.numpy) or, for any other name, torch.save of tensors."""
+  sd = {k: np.require(v, requirements="C") for k, v in sd.items()}   # safetensors writes a view's raw buffer
   if path.endswith(".safetensors"):
     from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
     save_file(sd, path)
@@ -100,8 +161,11 @@ def run(frm: str, checkpoint: str, out: str, to: str = "", workdir: str = "", pr
   if to:
     if to != "torch" or not workdir or not out:
       raise ValueError("--to=torch needs --workdir=<a cl_jax workdir> and --out=<file.pth | file.safetensors>.")
-    config, variables = workdir_io.read(workdir)
-    layout, sd = to_state_dict(config.model.to_dict(), variables)
+    if workdir_io.method_name(workdir) == "clip":
+      config, sd, layout = *clip_to_state_dict(workdir), "open_clip"
+    else:
+      config, variables = workdir_io.read(workdir)
+      layout, sd = to_state_dict(config.model.to_dict(), variables)
     save_state_dict(sd, out)
     return f"wrote {out}: {len(sd)} tensors in the {layout} layout of {config.model.name}"
   if not frm or not checkpoint or not out:

@@ -119,6 +119,23 @@ def apply_to_torch(table: list[Entry], variables: Mapping[str, Any]) -> dict[str
           for e in table}
 
 
+# OpenAI's TorchScript CLIP archives carry these scalars beside the weights (clip/model.py build_model drops them).
+_OPENAI_SCALARS = ("input_resolution", "context_length", "vocab_size")
+
+
+def _torch_load(torch: Any, path: str) -> Any:
+  """torch.load(weights_only=True), or for a TorchScript archive (OpenAI's ViT-B-32.pt) its module's state dict."""
+  import zipfile  # pylint: disable=g-import-not-at-top
+  scripted = False
+  if zipfile.is_zipfile(path):
+    with zipfile.ZipFile(path) as z:
+      scripted = any(n.endswith("constants.pkl") for n in z.namelist())
+  if not scripted:
+    return torch.load(path, map_location="cpu", weights_only=True)
+  sd = dict(torch.jit.load(path, map_location="cpu").state_dict())
+  return {k: v for k, v in sd.items() if k not in _OPENAI_SCALARS}
+
+
 _NESTED = ("state_dict", "model", "teacher", "module", "params")
 
 
@@ -134,7 +151,7 @@ def read_checkpoint(path: str, prefix: str = "") -> dict[str, np.ndarray]:
       import torch  # pylint: disable=g-import-not-at-top
     except ImportError as e:
       raise ImportError(f"reading {path} needs torch (pip install -e '.[convert]'), or give a .safetensors file.") from e
-    sd = torch.load(path, map_location="cpu", weights_only=True)
+    sd = _torch_load(torch, path)
   while isinstance(sd, Mapping) and not any(hasattr(v, "shape") for v in sd.values()):
     inner = next((k for k in _NESTED if isinstance(sd.get(k), Mapping)), None)
     if inner is None:

@@ -1,8 +1,8 @@
 """open_clip / OpenAI CLIP (open_clip/model.py CLIP, open_clip/transformer.py; OpenAI's clip/model.py has the same
 keys) <-> cl_jax's CLIP parameters (cl_jax/methods/language_image.py DualEncoder: backbone, text, image_projection;
 logit_scale beside it). The text tower maps onto cl_jax/models/text.py TextTransformer and the ModifiedResNet (RN50)
-onto cl_jax/models/clip_resnet.py as they are; the ViT image tower needs ViT options cl_jax does not have yet
-(ln_pre, LayerNorm eps 1e-5, quick_gelu): see docs/convert.md."""
+onto cl_jax/models/clip_resnet.py as they are, the ViT image tower onto cl_jax/models/vit.py with its CLIP fields
+(pre_norm = ln_pre, norm_eps 1e-5, act quick_gelu for OpenAI's weights): see docs/convert.md."""
 from __future__ import annotations
 
 import re
@@ -16,6 +16,19 @@ from cl_jax.models import vit as vit_lib
 # open_clip model names of the ModifiedResNet towers -> cl_jax clip_resnet sizes.
 RESNETS = {"RN50": "clip_rn50", "RN101": "clip_rn101", "RN50x4": "clip_rn50x4", "RN50-quickgelu": "clip_rn50",
            "RN101-quickgelu": "clip_rn101"}
+# open_clip model names of the ViT towers -> (cl_jax vit size, patch); heads = width // 64 as open_clip's head_width.
+VITS = {f"ViT-{s}-{p}{q}": (name, p) for s, name in (("B", "vit_base"), ("L", "vit_large")) for p in (32, 16, 14)
+        for q in ("", "-quickgelu")}
+
+
+def vit_size(width: int, depth: int) -> str:
+  """The cl_jax vit_* size of an open_clip ViT tower of `width` x `depth` (vit.py _ARCHS), or a one-line error."""
+  for name, a in vit_lib._ARCHS.items():   # pylint: disable=protected-access
+    if a["dim"] == width and a["depth"] == depth:
+      return name
+  sizes = ", ".join(f"{n} ({a['dim']} x {a['depth']})" for n, a in vit_lib._ARCHS.items())   # pylint: disable=protected-access
+  raise keys.StateDictMismatch(f"no cl_jax ViT size has width {width} and depth {depth} (the open_clip tower's); "
+                          f"sizes: {sizes}.")
 
 def vision_model(width: int, depth: int, heads: int, patch: int, act: str = "gelu") -> vit_lib.ViT:
   """The cl_jax ViT of an open_clip image tower: ln_pre, LayerNorm eps 1e-5, GELU (quick_gelu for OpenAI's)."""
@@ -136,6 +149,61 @@ def visual_to_flax(state_dict: Mapping[str, Any], heads: int) -> dict[str, Any]:
                                      "proj": {"kernel": a["out"]["kernel"].reshape(width, width),
                                               "bias": a["out"]["bias"]}}}
   return {"backbone": vit, "image_projection": {"kernel": sd["proj"]}}
+
+
+def visual_from_flax(vit: Mapping[str, Any], projection: np.ndarray | None) -> dict[str, np.ndarray]:
+  """The inverse of visual_to_flax (bitwise): a cl_jax ViT tree with norm_pre (and CLIP's image projection kernel)
+  -> 'visual.*' keys of open_clip's VisionTransformer. Its conv1 has no bias, so the patch bias must be zero."""
+  v = host_tree(vit)
+  if "norm_pre" not in v:
+    raise ValueError("the ViT has no norm_pre: open_clip's tower needs ln_pre (config.model.pre_norm=True).")
+  if np.any(v["patch_embed"]["bias"]):
+    raise ValueError("the ViT's patch bias is not zero, and open_clip's conv1 has none: this tower has no exact "
+                     "open_clip layout (write it in the timm layout instead).")
+  width = v["cls_token"].shape[-1]
+  sd = {"visual.conv1.weight": keys.FLAX_TO_TORCH["conv"](v["patch_embed"]["kernel"]),
+        "visual.class_embedding": v["cls_token"].reshape(width),
+        "visual.positional_embedding": np.concatenate([v["cls_pos_embedding"].reshape(1, width),
+                                                       v["pos_embedding"].reshape(-1, width)]),
+        "visual.ln_pre.weight": v["norm_pre"]["scale"], "visual.ln_pre.bias": v["norm_pre"]["bias"],
+        "visual.ln_post.weight": v["norm"]["scale"], "visual.ln_post.bias": v["norm"]["bias"]}
+  if projection is not None:
+    sd["visual.proj"] = np.asarray(projection)
+  for i in range(len([k for k in v if k.startswith("block")])):
+    b = v[f"block{i + 1}"]
+    q, k, val = np.split(b["attn"]["qkv"]["kernel"], 3, axis=1)
+    qb, kb, vb = np.split(b["attn"]["qkv"]["bias"], 3)
+    block = {"ln_1": b["norm1"], "ln_2": b["norm2"], "c_fc": b["fc1"], "c_proj": b["fc2"],
+             "attn": {"query": {"kernel": q, "bias": qb}, "key": {"kernel": k, "bias": kb},
+                      "value": {"kernel": val, "bias": vb},
+                      "out": {"kernel": b["attn"]["proj"]["kernel"], "bias": b["attn"]["proj"]["bias"]}}}
+    sd.update(_block_from_flax(block, f"visual.transformer.resblocks.{i}"))
+  return sd
+
+
+def host_tree(tree: Any) -> Any:
+  """A nested mapping of arrays as nested dicts of NumPy arrays (host copies)."""
+  if isinstance(tree, Mapping):
+    return {k: host_tree(v) for k, v in tree.items()}
+  return np.asarray(tree)
+
+
+def visual_resnet_from_flax(variables: Mapping[str, Any], layers: tuple[int, ...]) -> dict[str, np.ndarray]:
+  """The inverse of visual_resnet_to_flax (bitwise): cl_jax ModifiedResNet {'params', 'batch_stats'} -> 'visual.*'
+  keys of open_clip's ModifiedResNet, attention pool included."""
+  v = {"params": host_tree(variables["params"]), "batch_stats": host_tree(variables.get("batch_stats") or {})}
+  sd = keys.apply_to_torch(resnet_table(layers), v)
+  pool = v["params"]["attnpool"]
+  grid, mean = pool["positional_embedding"], pool["mean_positional_embedding"]
+  d = grid.shape[-1]
+  sd["attnpool.positional_embedding"] = np.concatenate([mean.reshape(1, d), grid.reshape(-1, d)])
+  for n, p in (("query", "q"), ("key", "k"), ("value", "v"), ("out", "c")):
+    kernel, bias = pool["attn"][n]["kernel"], pool["attn"][n]["bias"]
+    if n == "out":
+      sd["attnpool.c_proj.weight"], sd["attnpool.c_proj.bias"] = kernel.reshape(d, -1).T, bias
+    else:
+      sd[f"attnpool.{p}_proj.weight"], sd[f"attnpool.{p}_proj.bias"] = kernel.reshape(d, d).T, bias.reshape(d)
+  return {f"visual.{k}": np.ascontiguousarray(a) for k, a in sd.items()}
 
 
 def to_flax(state_dict: Mapping[str, Any], text_heads: int) -> dict[str, Any]:

@@ -30,11 +30,12 @@ def image_config(model: dict[str, Any], image_size: int, method: str = "simclr")
 
 
 def clip_config(model: dict[str, Any], image_size: int, embed_dim: int, text: dict[str, Any],
-                merges_path: str) -> ml_collections.ConfigDict:
-  """The quick-start CLIP config with `model` as image tower (its own projection: no image_projection), the text
-  Transformer `text` (width, depth, heads, act) and CLIP's BPE tokenizer read from `merges_path`."""
+                merges_path: str, image_projection: bool = False) -> ml_collections.ConfigDict:
+  """The quick-start CLIP config with `model` as image tower (a ViT's projection W_i, or none for a ModifiedResNet,
+  whose attention pool projects), the text Transformer `text` (width, depth, heads, act) and CLIP's BPE tokenizer
+  read from `merges_path`."""
   c = image_config(model, image_size, "clip")
-  c.method = dict(name="clip", embed_dim=embed_dim, image_projection=False)
+  c.method = dict(name="clip", embed_dim=embed_dim, image_projection=image_projection)
   c.text_model = dict(mlp_ratio=4, **text)
   c.data.text = dict(tokenizer="bpe", merges_path=merges_path, context_length=77, source="caption")
   c.augment["global"]["views"] = 1
@@ -90,3 +91,12 @@ def source_info(workdir: str) -> dict[str, Any]:
     return {}
   with open(path) as f:
     return json.load(f)
+
+
+def method_name(workdir: str) -> str:
+  """config.method.name of a workdir, read from its config.json without building the run."""
+  path = workdir_lib.config_path(workdir)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{workdir} holds no cl_jax run (no {os.path.basename(path)}); give --workdir=<a run>.")
+  with open(path) as f:
+    return json.load(f).get("method", {}).get("name", "")

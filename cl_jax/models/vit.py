@@ -186,13 +186,18 @@ _ARCHS = {
 
 
 SCHEMA = {"patch_size": Field(16, low=1), "frozen_patch_embed": Field(False, choices=(True, False)),
-          "posemb": Field("learn", choices=POSEMBS)}
+          "posemb": Field("learn", choices=POSEMBS),
+          # CLIP's image tower (Radford et al. 2021, OpenAI clip/model.py VisionTransformer): ln_pre, eps 1e-5,
+          # QuickGELU in OpenAI's weights; the defaults are the ViT paper's and leave every other tree unchanged.
+          "pre_norm": Field(False, choices=(True, False)), "norm_eps": Field(1e-6, low=0.0, open_low=True),
+          "act": Field("gelu", choices=("gelu", "quick_gelu"))}
 
 
 def vit_from_config(hp: dict[str, Any], arch: str) -> ViT:
   """Builds ViT `arch` from the validated model fields (SCHEMA and registry.SHARED; bn is its heads')."""
   return ViT(**_ARCHS[arch], patch_size=int(hp["patch_size"]), frozen_patch_embed=bool(hp["frozen_patch_embed"]),
-             posemb=hp["posemb"], dtype=parse_dtype(hp["dtype"]), arch=arch)
+             posemb=hp["posemb"], dtype=parse_dtype(hp["dtype"]), arch=arch, pre_norm=bool(hp["pre_norm"]),
+             norm_eps=float(hp["norm_eps"]), act=hp["act"])
 
 
 for _name in _ARCHS:
