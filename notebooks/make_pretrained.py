@@ -97,13 +97,14 @@ for i, ax in enumerate(axes):
 fig.suptitle('first 3 principal components of the patch tokens')
 fig.savefig(os.path.join(WORKDIR, 'vit_patch_pca.png'), dpi=80); plt.show()"""),
     ("markdown", """## CLIP from open_clip: zero-shot on the embedded images
-`python -m cl_jax.convert --from=open_clip:RN50-quickgelu --checkpoint=... --merges=... --quick_gelu --out=...`
-converts open_clip's ModifiedResNet CLIP (image tower with its attention pool, text Transformer, `logit_scale`,
-CLIP's BPE tokenizer) into a cl_jax CLIP workdir. Give `CL_JAX_CLIP_CHECKPOINT` (an open_clip RN50 state dict;
-`CL_JAX_CLIP_ARCH=RN50-quickgelu` for OpenAI's weights); without it the open_clip model has random weights (in
-the small CI setting a 1-block-per-stage, width-16 tower). The ViT-B/32 image tower converts once cl_jax's ViT has
-CLIP's `ln_pre` / eps / quick_gelu options (docs/convert.md). Note: CLIP was trained with its own mean/std, while
-`eval_preprocess` uses ImageNet's; for a real checkpoint expect a small accuracy difference from that."""),
+`python -m cl_jax.convert --from=open_clip:ViT-B-32 --checkpoint=... --merges=... --out=...` converts open_clip's
+CLIP (the ViT image tower with `ln_pre` and its projection, the text Transformer, `logit_scale`, CLIP's BPE
+tokenizer) into a cl_jax CLIP workdir; `--quick_gelu` for OpenAI's weights (their TorchScript `ViT-B-32.pt` is
+read as is), `--from=open_clip:RN50` for the attention-pool ResNet. Give `CL_JAX_CLIP_CHECKPOINT` (and
+`CL_JAX_CLIP_ARCH`, default `ViT-B-32`; `ViT-B-32-quickgelu` for OpenAI's); without it the open_clip model has
+random weights (in the small CI setting a 2-block, 64-wide ViT with 8 px patches). Note: CLIP was trained with
+its own mean/std, while `eval_preprocess` uses ImageNet's; for a real checkpoint expect a small accuracy
+difference from that."""),
     ("code", """try:
     import torch, open_clip
 except ImportError as e:
@@ -111,15 +112,16 @@ except ImportError as e:
     print(f'open_clip is not installed ({e}); pip install open_clip_torch to run this part.')
 if open_clip is not None:
     from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
-    CLIP_ARCH = os.environ.get('CL_JAX_CLIP_ARCH', 'RN50')
+    CLIP_ARCH = os.environ.get('CL_JAX_CLIP_ARCH', 'ViT-B-32')
     if CLIP_CHECKPOINT:
         clip, clip_path, arch = open_clip.create_model(CLIP_ARCH, pretrained=CLIP_CHECKPOINT), CLIP_CHECKPOINT, CLIP_ARCH
         print(f'open_clip {CLIP_ARCH} from {CLIP_CHECKPOINT}')
     else:
         if SMALL:
-            clip = CLIP(embed_dim=64, vision_cfg=CLIPVisionCfg(layers=(1, 1, 1, 1), width=16, image_size=64),
+            clip = CLIP(embed_dim=64, vision_cfg=CLIPVisionCfg(layers=2, width=64, head_width=32, patch_size=8,
+                                                              image_size=32),
                         text_cfg=CLIPTextCfg(width=64, heads=1, layers=2))
-            arch = 'clip_resnet_tiny'
+            arch = 'vit_micro'
         else:
             clip, arch = open_clip.create_model(CLIP_ARCH, pretrained=None), CLIP_ARCH
         clip_path = os.path.join(WORKDIR, 'random_clip.pth')
@@ -161,6 +163,20 @@ if open_clip is not None:
     ax.set_xticks(range(len(names)), names, rotation=45); ax.set_yticks(range(len(names)), names)
     ax.set_title('cosine similarity of the prompt embeddings')
     fig.tight_layout(); fig.savefig(os.path.join(WORKDIR, 'clip_prompt_similarity.png'), dpi=80); plt.show()"""),
+    ("markdown", """## Where in the image is each word? The dense CLIP readout
+`method.encode_dense` applies CLIP's image projection to every patch token (the baseline of the open-vocabulary
+segmentation evaluation, `python -m cl_jax.evaluate --protocol=segmentation`): each patch's cosine similarity to
+a prompt is a coarse map of where the prompt is. Below: the prompt of each image's predicted class."""),
+    ("code", """if open_clip is not None and crun.config.model.name.startswith('vit'):
+    dense = np.asarray(crun.method.encode_dense(cstate['params'], cstate['method_state'], augment.eval_preprocess(jnp.asarray(show), csize)))
+    fig, axes = plt.subplots(2, len(show), figsize=(2 * len(show), 4.4))
+    for i in range(len(show)):
+        k = int((zs[i] @ z.T).argmax())
+        axes[0, i].imshow(show[i]); axes[0, i].axis('off')
+        axes[1, i].imshow(dense[i] @ z[k], cmap='viridis'); axes[1, i].axis('off'); axes[1, i].set_title(names[k], fontsize=9)
+    fig.suptitle('patch similarity to the predicted prompt' + ('' if CLIP_CHECKPOINT else ' (random weights)'))
+    fig.savefig(os.path.join(WORKDIR, 'clip_dense_prompt.png'), dpi=80); plt.show()
+    print('dense readout:', dense.shape)"""),
 ]
 
 

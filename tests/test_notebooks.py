@@ -15,11 +15,11 @@ EXPECTED = {
                         ("zero_shot_predictions.png", "retrievals.png")),
     "open_vocab_segmentation.ipynb": (("miou", "pixel_acc", 'prompt "a red circle"'),
                                       ("segmentation_predictions.png", "prompt_masks.png")),
-    # Needs the test extra's torch and open_clip (the CLIP part); without them it draws 2 figures, not 4.
+    # Needs the test extra's torch and open_clip (the CLIP part); without them it draws 2 figures, not 5.
     "pretrained.ipynb": (("kNN top-1", "patch similarity maps", "text tower: max relative difference",
-                          "zero-shot top-1"),
+                          "zero-shot top-1", "dense readout: (8, 4, 4, 64)"),
                          ("vit_patch_similarity.png", "vit_patch_pca.png", "clip_zero_shot.png",
-                          "clip_prompt_similarity.png")),
+                          "clip_prompt_similarity.png", "clip_dense_prompt.png")),
 }
 
 

@@ -4,7 +4,9 @@
   python -m cl_jax.convert --from=torchvision:resnet50 --checkpoint=resnet50-11ad3fa6.pth --out=/tmp/rn50
   python -m cl_jax.convert --from=open_clip:RN50-quickgelu --checkpoint=open_clip_pytorch_model.bin \
       --merges=bpe_simple_vocab_16e6.txt.gz --quick_gelu --out=/tmp/clip_rn50
+  python -m cl_jax.convert --from=open_clip:ViT-B-32 --checkpoint=ViT-B-32.pt --merges=... --quick_gelu --out=/tmp/b32
   python -m cl_jax.convert --to=torch --workdir=/tmp/rn50 --out=/tmp/rn50.pth        # or .safetensors
+  (a CLIP workdir goes back as the whole open_clip state dict)
 
 Nothing is downloaded: --checkpoint is a file you have. --prefix keeps only the keys under it (MoCo v3:
 --prefix=module.base_encoder.); --image_size resizes a ViT's position grid (default: the checkpoint's).
