@@ -137,101 +137,45 @@ def test_modified_resnet_attention_pool_parity():
     oc.visual_resnet_to_flax(sd, (1, 1, 1, 1), heads=8)
 
 
-def test_command_writes_a_clip_workdir_whose_zero_shot_logits_match_open_clip(tmp_path):
-  """--from=open_clip:<ModifiedResNet CLIP> -> workdir with image tower, text tower, logit_scale and CLIP's BPE
-  tokenizer; cl_jax's CLIP method restored from it gives open_clip's embeddings and logits (and the same tokens)."""
-  import os
+def test_command_writes_a_resnet_clip_workdir_equal_to_open_clip_and_back_bitwise(tmp_path):
+  """--from=open_clip:<ModifiedResNet CLIP> -> workdir with image tower (BatchNorm statistics randomised too), text
+  tower, logit_scale and CLIP's BPE tokenizer: tokens, embeddings and zero-shot logits equal open_clip's, and
+  --to=torch gives the state dict back bitwise (cl_jax.convert.parity.measure, the README's figures)."""
   from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
-  from cl_jax import train
-  from cl_jax.convert import __main__ as cli
-  from cl_jax.losses.contrastive import l2_normalize
-  ref = randomise(CLIP(embed_dim=32, vision_cfg=CLIPVisionCfg(layers=(1, 1, 1, 1), width=16, image_size=64),
-                       text_cfg=CLIPTextCfg(width=64, heads=1, layers=2)), scale=0.05)
-  path = str(tmp_path / "clip.pth")
-  torch.save(ref.state_dict(), path)
-  merges = os.path.join(os.path.dirname(open_clip.__file__), "bpe_simple_vocab_16e6.txt.gz")
-  out = str(tmp_path / "wd")
-  assert "clip_resnet_tiny + text Transformer at 64 px" in cli.run("open_clip:clip_resnet_tiny", path, out,
-                                                                   merges=merges, data=SMALL_DATA)
-  run, state, _, _ = train.load_run(out)
-  prompts = ["a photo of a star.", "a photo of a red heart.", "an image of a small striped circle."]
-  tokens = np.asarray(run.method.tokenizer.encode(prompts))
-  np.testing.assert_array_equal(tokens, open_clip.get_tokenizer("RN50")(prompts).numpy())
-  x = np.random.RandomState(0).randn(2, 3, 64, 64).astype(np.float32)
-  with torch.no_grad():
-    img = torch.nn.functional.normalize(ref.encode_image(torch.from_numpy(x)), dim=-1).numpy()
-    txt = torch.nn.functional.normalize(ref.encode_text(torch.from_numpy(tokens)), dim=-1).numpy()
-    want = ref.logit_scale.exp().numpy() * img @ txt.T
-  z_img = run.method.encode_image_embedding(state["params"], state["method_state"], jnp.asarray(x.transpose(0, 2, 3, 1)))
-  z_txt = run.method.encode_text(state["params"], state["method_state"], jnp.asarray(tokens, jnp.int32))
-  assert rel_err(z_img, img) < RTOL and rel_err(z_txt, txt) < RTOL
-  got = np.exp(np.asarray(state["params"]["logit_scale"])) * np.asarray(l2_normalize(z_img) @ l2_normalize(z_txt).T)
-  assert rel_err(got, want) < RTOL
-
-
-def _zero_shot(run, state, ref, tokens, size):
-  """(cl_jax logits, open_clip logits) of 2 random images against `tokens`."""
-  from cl_jax.losses.contrastive import l2_normalize
-  x = np.random.RandomState(0).randn(2, 3, size, size).astype(np.float32)
-  with torch.no_grad():
-    img = torch.nn.functional.normalize(ref.encode_image(torch.from_numpy(x)), dim=-1).numpy()
-    txt = torch.nn.functional.normalize(ref.encode_text(torch.from_numpy(tokens)), dim=-1).numpy()
-    want = ref.logit_scale.exp().numpy() * img @ txt.T
-  z_img = run.method.encode_image_embedding(state["params"], state["method_state"], jnp.asarray(x.transpose(0, 2, 3, 1)))
-  z_txt = run.method.encode_text(state["params"], state["method_state"], jnp.asarray(tokens, jnp.int32))
-  got = np.exp(np.asarray(state["params"]["logit_scale"])) * np.asarray(l2_normalize(z_img) @ l2_normalize(z_txt).T)
-  return got, want
-
-
-def test_command_writes_a_vit_clip_workdir_and_back_to_open_clip_bitwise(tmp_path):
-  """--from=open_clip:<ViT CLIP> (OpenAI's QuickGELU) -> workdir whose zero-shot logits equal open_clip's; --to=torch
-  of that workdir gives back the very state dict, which open_clip's CLIP loads strictly."""
-  import os
-  from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
-  from cl_jax import train
-  from cl_jax.convert import __main__ as cli
-  cfg = dict(embed_dim=32, quick_gelu=True, text_cfg=CLIPTextCfg(width=64, heads=1, layers=2),
-             vision_cfg=CLIPVisionCfg(layers=2, width=64, head_width=32, patch_size=8, image_size=32))
-  ref = randomise(CLIP(**cfg), scale=0.05)
-  path, out = str(tmp_path / "clip_vit.pth"), str(tmp_path / "wd")
-  torch.save(ref.state_dict(), path)
-  merges = os.path.join(os.path.dirname(open_clip.__file__), "bpe_simple_vocab_16e6.txt.gz")
-  with pytest.raises(ValueError, match="width 64 and depth 2 \\(cl_jax vit_micro\\); name it --from=open_clip:vit_micro"):
-    cli.run("open_clip:ViT-B-32", path, str(tmp_path / "wrong"), merges=merges, quick_gelu=True)
-  assert "vit_micro + text Transformer at 32 px" in cli.run("open_clip:vit_micro", path, out, merges=merges,
-                                                            quick_gelu=True, data=SMALL_DATA)
-  run, state, _, _ = train.load_run(out)
-  assert run.config.model.act == "quick_gelu" and run.config.model.pre_norm and run.config.model.norm_eps == 1e-5
-  got, want = _zero_shot(run, state, ref, np.asarray(run.method.tokenizer.encode(["a star.", "a red ring."])), 32)
-  assert rel_err(got, want) < RTOL
-  back = str(tmp_path / "back.safetensors")
-  assert "in the open_clip layout" in cli.run("", "", back, to="torch", workdir=out)
-  from safetensors.numpy import load_file
-  sd, want_sd = load_file(back), {k: v.numpy() for k, v in ref.state_dict().items()}
-  assert set(sd) == set(want_sd) and [k for k in sd if not np.array_equal(sd[k], want_sd[k], equal_nan=False) or sd[k].shape != want_sd[k].shape] == []
-  CLIP(**cfg).load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()}, strict=True)
-
-
-def test_resnet_clip_workdir_back_to_open_clip_bitwise(tmp_path):
-  """The ModifiedResNet CLIP (attention pool, BatchNorm statistics) through the command and back, bitwise."""
-  import os
-  from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
-  from cl_jax.convert import __main__ as cli
-  ref = randomise(CLIP(embed_dim=32, vision_cfg=CLIPVisionCfg(layers=(1, 1, 1, 1), width=16, image_size=64),
-                       text_cfg=CLIPTextCfg(width=64, heads=1, layers=1)), scale=0.05)
+  from cl_jax.convert import parity
+  ref = parity.randomise(CLIP(embed_dim=32, vision_cfg=CLIPVisionCfg(layers=(1, 1, 1, 1), width=16, image_size=64),
+                              text_cfg=CLIPTextCfg(width=64, heads=1, layers=2)), std=0.05)
   with torch.no_grad():
     for m in ref.modules():
       if isinstance(m, torch.nn.BatchNorm2d):
         m.running_mean.normal_()
         m.running_var.uniform_(0.5, 1.5)
-  path, out, back = str(tmp_path / "rn.pth"), str(tmp_path / "wd"), str(tmp_path / "back.pth")
-  torch.save(ref.state_dict(), path)
+  r = parity.measure(ref, "clip_resnet_tiny", False, 64, str(tmp_path))
+  assert r["tokens_equal"] and r["round_trip_bitwise"]
+  assert r["image"] < RTOL and r["text"] < RTOL and r["logits"] < RTOL
+
+
+def test_command_writes_a_vit_clip_workdir_and_back_to_open_clip_bitwise(tmp_path):
+  """--from=open_clip:<ViT CLIP> with OpenAI's QuickGELU -> workdir whose embeddings and zero-shot logits equal
+  open_clip's; --to=torch gives back the very state dict, which open_clip's CLIP loads strictly; a name that does
+  not fit the state dict names the size it holds."""
+  import os
+  from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+  from safetensors.numpy import load_file
+  from cl_jax import workdir as workdir_lib
+  from cl_jax.convert import __main__ as cli, parity
+  cfg = dict(embed_dim=32, quick_gelu=True, text_cfg=CLIPTextCfg(width=64, heads=1, layers=2),
+             vision_cfg=CLIPVisionCfg(layers=2, width=64, head_width=32, patch_size=8, image_size=32))
+  ref = parity.randomise(CLIP(**cfg), std=0.05)
+  r = parity.measure(ref, "vit_micro", True, 32, str(tmp_path))
+  assert r["image"] < RTOL and r["text"] < RTOL and r["logits"] < RTOL and r["round_trip_bitwise"]
+  model = workdir_lib.load_config(str(tmp_path / "wd")).model
+  assert model.act == "quick_gelu" and model.pre_norm and model.norm_eps == 1e-5
+  back = load_file(str(tmp_path / "back.safetensors"))
+  CLIP(**cfg).load_state_dict({k: torch.from_numpy(v) for k, v in back.items()}, strict=True)
   merges = os.path.join(os.path.dirname(open_clip.__file__), "bpe_simple_vocab_16e6.txt.gz")
-  cli.run("open_clip:clip_resnet_tiny", path, out, merges=merges, data=SMALL_DATA)
-  cli.run("", "", back, to="torch", workdir=out)
-  sd = torch.load(back, weights_only=True)
-  want = {k: v for k, v in ref.state_dict().items() if not k.endswith("num_batches_tracked")}
-  assert set(sd) == set(want) and all(torch.equal(sd[k], want[k]) for k in sd)
+  with pytest.raises(ValueError, match="width 64 and depth 2 \\(cl_jax vit_micro\\); name it --from=open_clip:vit_micro"):
+    cli.run("open_clip:ViT-B-32", str(tmp_path / "clip.pth"), str(tmp_path / "wrong"), merges=merges)
 
 
 def test_openai_torchscript_archive_is_read(tmp_path):
