@@ -56,7 +56,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.total_steps = 0
   c.optim = dict(name="sgd", lr=0.03, lr_scaling="linear", momentum=0.9, weight_decay=1e-3, warmup_epochs=20,
                  schedule="cosine", end_lr=0.0041, exclude_bias_and_norm=False)
-  c.eval = dict(every=4880, knn_k=200, knn_temperature=0.07, batch_size=1000, monitors=("knn", "noisy_labels"))
+  c.eval = dict(every=4880, knn_k=200, knn_temperature=0.07, batch_size=1000, monitors=("knn", "noisy_labels"),
+                noisy_linear_epochs=20)
   run_fields(c)
   if a.runlocal:
     c.model.name = "resnet_tiny"

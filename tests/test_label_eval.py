@@ -101,4 +101,24 @@ def test_regime_monitors_without_their_regime_are_one_line(tmp_path):
   one_line_error(lambda: noise_detection.evaluate_noisy_labels(run, state, specs), "data.label_noise")
   noisy = train.build_run(tiny_config(**{"data.label_noise": "symmetric:0.4"}))
   state, specs = train.init_state(noisy)
-  one_line_error(lambda: noise_detection.evaluate_noisy_labels(noisy, state, specs), "SimCLR", "classify")
+  one_line_error(lambda: noise_detection.evaluate_noisy_labels(noisy, state, specs), "SimCLR", "classify",
+                 "eval.noisy_linear_epochs")
+
+
+def test_noisy_label_linear_probe_fits_the_noisy_labels_and_scores_the_clean_test():
+  """eval/linear_noisy_top1 is the linear probe fitted to the flipped training labels (80% noise here), not to the
+  clean ones, and scored on the clean test labels."""
+  from cl_jax.data import label_regimes
+  from cl_jax.eval import linear
+  run = train.build_run(tiny_config(**{"data.label_noise": "symmetric:0.8", "eval.noisy_linear_epochs": 3}))
+  state, specs = train.init_state(run)
+  got = noise_detection.evaluate_noisy_labels(run, state, specs)["eval/linear_noisy_top1"]
+  encode = features.make_encode(run, specs)
+  feats, clean = features.extract_features(run, encode, state, run.train_source)
+  noisy = label_regimes.all_labels(run.train_source)
+  assert (noisy != clean).mean() > 0.5
+  test_feats, test_labels = features.extract_features(run, encode, state, run.test_source)
+  probe = lambda labels: linear.train_linear_classifier(feats, labels, test_feats, test_labels, 10, epochs=3, lr=0.1,
+                                                        batch_size=256)["top1"]
+  np.testing.assert_allclose(got, probe(noisy), atol=1e-6)
+  assert abs(got - probe(clean)) > 1.0

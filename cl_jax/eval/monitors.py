@@ -22,7 +22,7 @@ MONITORS: Registry[Monitor] = Registry("eval monitor")
 SCHEMA = {"every": Field(0, low=-1), "monitors": Field(("knn",))}
 # Every config.eval field, by the evaluator that declares it (attributes and the plots read knn's too).
 EVAL_SCHEMA = {**SCHEMA, **features.SCHEMA, **knn.SCHEMA, **linear.SCHEMA, **embedding_plot.SCHEMA,
-               **zeroshot.SCHEMA, **retrieval.SCHEMA, **segmentation.SCHEMA}
+               **zeroshot.SCHEMA, **retrieval.SCHEMA, **segmentation.SCHEMA, **noise_detection.SCHEMA}
 
 # Progress-line names of the monitors' metrics.
 EVAL_NAMES = {"eval/knn_top1": "kNN top-1", "eval/knn_top5": "kNN top-5",
@@ -34,6 +34,7 @@ EVAL_NAMES = {"eval/knn_top1": "kNN top-1", "eval/knn_top5": "kNN top-5",
               **{f"eval/{d}_r{k}": f"{d.replace('2', '->')} R@{k}" for d in ("i2t", "t2i") for k in retrieval.KS},
               **{f"eval/recall_at_{k}": f"fine R@{k}" for k in fine_retrieval.KS},
               "eval/head_top1": "head top-1 (clean test)", "eval/noise_auc": "noise-detection AUC",
+              "eval/linear_noisy_top1": "linear probe on noisy labels (clean test)",
               **{f"eval/cluster_acc_{p}": f"clustering acc. ({p})" for p in ("all", "old", "new")},
               "eval/miou": "mIoU", "eval/pixel_acc": "pixel acc.", "eval/miou_unseen": "mIoU (held-out classes)",
               "eval/miou_seen": "mIoU (seen classes)", "eval/pixel_acc_unseen_pairs": "pixel acc. (held-out pairs)",

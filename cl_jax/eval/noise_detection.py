@@ -4,8 +4,10 @@ against the regime's true flags: 50 is chance, 100 perfect).
 
 A method opts in by defining `classify(params, state, images) -> logits` (per device, inference mode) and/or
 `clean_scores(state) -> [num_train] P(clean)` (host side, on the method state fetched to the host, index order; None
-while it has none yet, e.g. during a warm-up). The linear probe (`--protocol=linear`) and kNN score against the
-clean labels too (label_regimes.truth)."""
+while it has none yet, e.g. during a warm-up). With eval.noisy_linear_epochs > 0 a linear probe on the frozen
+features is fitted to the noisy training labels (all a user of noisy data has) and scored on the clean test labels:
+eval/linear_noisy_top1, what the representation keeps under the noise. (`--protocol=linear` and kNN fit the clean
+training labels: label_regimes.truth.)"""
 from __future__ import annotations
 
 from typing import Any
@@ -15,8 +17,11 @@ import sklearn.metrics
 
 from cl_jax import parallel
 from cl_jax.data import label_regimes
-from cl_jax.eval import features
+from cl_jax.eval import features, linear, settings
 from cl_jax.run_state import Run, TrainState
+from cl_jax.schema import Field
+
+SCHEMA = {"noisy_linear_epochs": Field(0, low=0)}   # 0: no noisy-label linear probe (it extracts the training split)
 
 
 def noise_auc(clean_scores: np.ndarray, is_noisy: np.ndarray) -> float:
@@ -44,9 +49,11 @@ def evaluate_noisy_labels(run: Run, state: TrainState, specs: Any) -> dict[str, 
   flipped flags of the training split), each where the method defines it."""
   method, result = run.method, {}
   flags = noisy_flags(run.train_source)
-  if not hasattr(method, "classify") and not hasattr(method, "clean_scores"):
+  epochs = int(settings.read(run.config, SCHEMA).noisy_linear_epochs)
+  if not hasattr(method, "classify") and not hasattr(method, "clean_scores") and not epochs:
     raise ValueError(f"the noisy_labels monitor needs {type(method).__name__} to define classify(params, state, "
-                     "images) or clean_scores(state); use the knn or linear evaluation for this method.")
+                     "images) or clean_scores(state); or set eval.noisy_linear_epochs (e.g. 20) for a linear probe "
+                     "on the noisy labels.")
   if hasattr(method, "classify"):
     if "encode:classify" not in run.cache:
       run.cache["encode:classify"] = features.make_encode(run, specs, "classify")
@@ -56,4 +63,21 @@ def evaluate_noisy_labels(run: Run, state: TrainState, specs: Any) -> dict[str, 
     scores = method.clean_scores(parallel.to_host(state["method_state"]))
     if scores is not None:
       result["eval/noise_auc"] = noise_auc(scores, flags)
+  if epochs:
+    result["eval/linear_noisy_top1"] = noisy_linear_probe(run, state, specs, epochs)
   return result
+
+
+def noisy_linear_probe(run: Run, state: TrainState, specs: Any, epochs: int) -> float:
+  """Clean-test top-1 (%) of a linear probe (fast mode, eval.linear_* settings) fitted to the frozen features of
+  the training split with its noisy labels, the batch's "label" (TCL, Huang et al. 2023, Sec. 4)."""
+  if "encode:features" not in run.cache:
+    run.cache["encode:features"] = features.make_encode(run, specs)
+  encode = run.cache["encode:features"]
+  train = features.extract(run, encode, state, run.train_source, ("label",))
+  test_feats, test_labels = features.extract_features(run, encode, state, run.test_source)
+  e = settings.read(run.config, linear.SCHEMA)
+  return linear.train_linear_classifier(train["features"], train["label"], test_feats, test_labels,
+                                        features.num_classes(run), epochs=epochs, lr=float(e.linear_lr),
+                                        batch_size=int(e.linear_batch_size),
+                                        weight_decay=float(e.linear_weight_decay), seed=int(e.linear_seed))["top1"]

@@ -34,4 +34,5 @@ def apply(c: ml_collections.ConfigDict) -> None:
                       solarize_p=(0.5,)),
   })
   c.eval.monitors = ("knn", "noisy_labels")
+  c.eval.noisy_linear_epochs = 20   # eval/linear_noisy_top1: a linear probe fitted to the noisy labels
   c.num_epochs = 12
