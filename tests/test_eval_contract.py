@@ -10,7 +10,7 @@ import ml_collections
 import pytest
 
 from cl_jax import evaluate
-from cl_jax.eval import embedding_plot, features, knn, linear, monitors, retrieval, segmentation, zeroshot
+from cl_jax.eval import embedding_plot, features, knn, linear, monitors, noise_detection, retrieval, segmentation, zeroshot
 from configs import quickstart
 from tests.harness import ROOT, cli_one_line
 
@@ -71,7 +71,7 @@ def test_train_re_exports_the_run_types():
 
 def test_each_field_is_declared_once_and_the_cli_overrides_declared_fields():
   schemas = [monitors.SCHEMA, features.SCHEMA, knn.SCHEMA, linear.SCHEMA, embedding_plot.SCHEMA, zeroshot.SCHEMA,
-             retrieval.SCHEMA, segmentation.SCHEMA]
+             retrieval.SCHEMA, segmentation.SCHEMA, noise_detection.SCHEMA]
   assert sum(map(len, schemas)) == len(monitors.EVAL_SCHEMA)
   assert set(evaluate.EVAL_OPTIONS) <= set(monitors.EVAL_SCHEMA)
 
@@ -89,7 +89,8 @@ DEFAULTS = {"every": 0, "monitors": ("knn",), "batch_size": 0, "image_size": 0, 
             "linear_lr": 0.1, "linear_batch_size": 256, "linear_weight_decay": 0.0, "linear_seed": 0,
             "tsne_points": 2000, "retrieval_queries": 8, "retrieval_k": 8, "prompt_templates": None,
             "retrieval_examples": 0, "seg_background": "auto", "seg_threshold": 0.5, "seg_logit_scale": 100.0,
-            "seg_examples": 500, "seg_class_names": (), "seg_background_prompts": (), "seg_png_examples": 8}
+            "seg_examples": 500, "seg_class_names": (), "seg_background_prompts": (), "seg_png_examples": 8,
+            "noisy_linear_epochs": 0}
 
 
 def test_declared_defaults_are_the_former_ones():
