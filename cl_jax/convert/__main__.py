@@ -72,7 +72,7 @@ def _clip_vit(arch: str, sd: dict[str, np.ndarray], act: str, image_size: int | 
   from cl_jax.models import vit  # pylint: disable=g-import-not-at-top
   width = sd["visual.class_embedding"].shape[0]
   depth = len({k.split(".")[3] for k in sd if k.startswith("visual.transformer.resblocks.")})
-  name, found = open_clip.VITS.get(arch, (arch, None))[0], open_clip.vit_size(width, depth)
+  name, found = open_clip.VITS.get(arch, arch), open_clip.vit_size(width, depth)
   if name != found:
     raise ValueError(f"--from=open_clip:{arch}: the state dict holds a ViT of width {width} and depth {depth} "
                      f"(cl_jax {found}); name it --from=open_clip:{found}.")
@@ -163,7 +163,8 @@ def run(frm: str, checkpoint: str, out: str, to: str = "", workdir: str = "", pr
   if to:
     if to != "torch" or not workdir or not out:
       raise ValueError("--to=torch needs --workdir=<a cl_jax workdir> and --out=<file.pth | file.safetensors>.")
-    if workdir_io.method_name(workdir) == "clip":
+    from cl_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+    if workdir_lib.load_config(workdir).method.name == "clip":
       config, sd, layout = *clip_to_state_dict(workdir), "open_clip"
     else:
       config, variables = workdir_io.read(workdir)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping
 
+import jax
 import numpy as np
 
 from cl_jax.convert import keys
@@ -16,8 +17,8 @@ from cl_jax.models import vit as vit_lib
 # open_clip model names of the ModifiedResNet towers -> cl_jax clip_resnet sizes.
 RESNETS = {"RN50": "clip_rn50", "RN101": "clip_rn101", "RN50x4": "clip_rn50x4", "RN50-quickgelu": "clip_rn50",
            "RN101-quickgelu": "clip_rn101"}
-# open_clip model names of the ViT towers -> (cl_jax vit size, patch); heads = width // 64 as open_clip's head_width.
-VITS = {f"ViT-{s}-{p}{q}": (name, p) for s, name in (("B", "vit_base"), ("L", "vit_large")) for p in (32, 16, 14)
+# open_clip model names of the ViT towers -> cl_jax vit sizes (the patch size is read off the state dict).
+VITS = {f"ViT-{s}-{p}{q}": name for s, name in (("B", "vit_base"), ("L", "vit_large")) for p in (32, 16, 14)
         for q in ("", "-quickgelu")}
 
 
@@ -28,7 +29,7 @@ def vit_size(width: int, depth: int) -> str:
       return name
   sizes = ", ".join(f"{n} ({a['dim']} x {a['depth']})" for n, a in vit_lib._ARCHS.items())   # pylint: disable=protected-access
   raise keys.StateDictMismatch(f"no cl_jax ViT size has width {width} and depth {depth} (the open_clip tower's); "
-                          f"sizes: {sizes}.")
+                               f"sizes: {sizes}.")
 
 def vision_model(width: int, depth: int, heads: int, patch: int, act: str = "gelu") -> vit_lib.ViT:
   """The cl_jax ViT of an open_clip image tower: ln_pre, LayerNorm eps 1e-5, GELU (quick_gelu for OpenAI's)."""
@@ -154,7 +155,7 @@ def visual_to_flax(state_dict: Mapping[str, Any], heads: int) -> dict[str, Any]:
 def visual_from_flax(vit: Mapping[str, Any], projection: np.ndarray | None) -> dict[str, np.ndarray]:
   """The inverse of visual_to_flax (bitwise): a cl_jax ViT tree with norm_pre (and CLIP's image projection kernel)
   -> 'visual.*' keys of open_clip's VisionTransformer. Its conv1 has no bias, so the patch bias must be zero."""
-  v = host_tree(vit)
+  v = jax.tree.map(np.asarray, dict(vit))
   if "norm_pre" not in v:
     raise ValueError("the ViT has no norm_pre: open_clip's tower needs ln_pre (config.model.pre_norm=True).")
   if np.any(v["patch_embed"]["bias"]):
@@ -181,17 +182,10 @@ def visual_from_flax(vit: Mapping[str, Any], projection: np.ndarray | None) -> d
   return sd
 
 
-def host_tree(tree: Any) -> Any:
-  """A nested mapping of arrays as nested dicts of NumPy arrays (host copies)."""
-  if isinstance(tree, Mapping):
-    return {k: host_tree(v) for k, v in tree.items()}
-  return np.asarray(tree)
-
-
 def visual_resnet_from_flax(variables: Mapping[str, Any], layers: tuple[int, ...]) -> dict[str, np.ndarray]:
   """The inverse of visual_resnet_to_flax (bitwise): cl_jax ModifiedResNet {'params', 'batch_stats'} -> 'visual.*'
   keys of open_clip's ModifiedResNet, attention pool included."""
-  v = {"params": host_tree(variables["params"]), "batch_stats": host_tree(variables.get("batch_stats") or {})}
+  v = jax.tree.map(np.asarray, {"params": variables["params"], "batch_stats": variables.get("batch_stats") or {}})
   sd = keys.apply_to_torch(resnet_table(layers), v)
   pool = v["params"]["attnpool"]
   grid, mean = pool["positional_embedding"], pool["mean_positional_embedding"]

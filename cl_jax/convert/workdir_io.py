@@ -92,11 +92,3 @@ def source_info(workdir: str) -> dict[str, Any]:
   with open(path) as f:
     return json.load(f)
 
-
-def method_name(workdir: str) -> str:
-  """config.method.name of a workdir, read from its config.json without building the run."""
-  path = workdir_lib.config_path(workdir)
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{workdir} holds no cl_jax run (no {os.path.basename(path)}); give --workdir=<a run>.")
-  with open(path) as f:
-    return json.load(f).get("method", {}).get("name", "")

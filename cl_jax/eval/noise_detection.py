@@ -71,9 +71,9 @@ def evaluate_noisy_labels(run: Run, state: TrainState, specs: Any) -> dict[str, 
 def noisy_linear_probe(run: Run, state: TrainState, specs: Any, epochs: int) -> float:
   """Clean-test top-1 (%) of a linear probe (fast mode, eval.linear_* settings) fitted to the frozen features of
   the training split with its noisy labels, the batch's "label" (TCL, Huang et al. 2023, Sec. 4)."""
-  if "encode:features" not in run.cache:
-    run.cache["encode:features"] = features.make_encode(run, specs)
-  encode = run.cache["encode:features"]
+  if "encode" not in run.cache:   # the features encoder the knn monitor compiles too
+    run.cache["encode"] = features.make_encode(run, specs)
+  encode = run.cache["encode"]
   train = features.extract(run, encode, state, run.train_source, ("label",))
   test_feats, test_labels = features.extract_features(run, encode, state, run.test_source)
   e = settings.read(run.config, linear.SCHEMA)
