@@ -23,11 +23,15 @@ scenes = load_sibling(__file__, "clip_scenes").scenes
 
 def apply(c: ml_collections.ConfigDict) -> None:
   scenes(c, "lseg")
-  c.method.update(labels=CLASS_NAMES, background_label="other", label_template="{}", decoder_features=64)
+  c.method.update(labels=CLASS_NAMES, background_label="other", label_template="{}", decoder_features=32)
   c.data.held_out_classes = ("star", "heart")
   c.optim.frozen = ("text",)
   c.augment["global"].update(scale=(1.0, 1.0), ratio=(1.0, 1.0), flip_p=0.0)
-  c.num_epochs = 10
+  # Steps, not images, are what this segmenter lacks (measured: 7,500 steps at batch 16 reach seen-class mIoU
+  # 52.15 in 4m16s; 390 steps at batch 256 reached 8.78 in 10 min); a 32-wide decoder is 4x cheaper than 64.
+  c.batch_size = 16
+  c.num_epochs = 16
+  c.log_every, c.checkpoint_every = 200, 2000
   c.eval.prompt_templates = ("{}",)
   c.eval.seg_background = "prompt"
   c.eval.seg_background_prompts = ("other",)
