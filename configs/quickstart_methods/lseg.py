@@ -1,6 +1,6 @@
 """LSeg on the embedded multi-object scenes (Li et al. 2022): per-pixel cross-entropy against the frozen text
-tower's label embeddings, starting from the towers of CLIP on single shapes (clip_vit); two classes are held out of training
-(never in a training scene, never in the label set) and are segmented zero-shot.
+tower's label embeddings, starting from the towers of CLIP on single shapes (clip_vit); two classes are held out
+of training (never in a training scene, never in the label set) and are segmented zero-shot.
 
   python -m cl_jax.main --config=configs/quickstart.py:method=clip_vit --workdir=/tmp/q_clip_vit
   python -m cl_jax.main --config=configs/quickstart.py:method=lseg --workdir=/tmp/q_lseg \\
