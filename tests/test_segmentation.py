@@ -15,13 +15,14 @@ from tests.harness import one_line_error, tiny_method_config
 IGNORE = segmentation.IGNORE
 
 
-def reference_miou(pred, gt, k):
-  """Per class, pixel sets compared directly (no confusion matrix): mean over classes present anywhere."""
+def reference_miou(pred, gt, k, first=0):
+  """Per class (from label `first`), pixel sets compared directly (no confusion matrix): mean over classes present
+  anywhere."""
   pred, gt = pred.ravel(), gt.ravel()
   keep = gt != IGNORE
   pred, gt = pred[keep], gt[keep]
   ious = []
-  for c in range(k):
+  for c in range(first, k):
     inter = np.sum((pred == c) & (gt == c), dtype=np.float64)
     union = np.sum((pred == c) | (gt == c), dtype=np.float64)
     if union:
@@ -41,6 +42,15 @@ def test_miou_and_pixel_accuracy_match_a_direct_reference():
   assert segmentation.mean_iou(conf) == pytest.approx(miou, rel=1e-12)
   assert segmentation.pixel_accuracy(conf) == pytest.approx(acc, rel=1e-12)
   assert conf.sum() == np.sum(gt != IGNORE)
+  assert segmentation.mean_iou(conf, range(1, k)) == pytest.approx(reference_miou(pred, gt, k, first=1)[0])
+
+
+def test_all_background_scores_its_share_in_miou_and_nothing_on_objects():
+  gt = np.zeros((1, 10, 10), np.int64)
+  gt[0, 0, :2], gt[0, 1, :2] = 1, 2                    # 96 background pixels, 2 of each class
+  conf = segmentation.confusion_matrix(np.zeros_like(gt), gt, 3)
+  assert segmentation.mean_iou(conf) == pytest.approx(96.0 / 3)
+  assert segmentation.mean_iou(conf, range(1, 3)) == 0.0
 
 
 def test_absent_classes_are_left_out_not_counted_as_zero():
@@ -121,6 +131,7 @@ def test_monitor_figures_are_consistent_with_the_label_maps(scenes_run):
   assert seg["pred"].shape == seg["gt"].shape == (40, 32, 32) and seg["mode"] == "prompt"
   miou, acc = reference_miou(seg["pred"], seg["gt"], len(seg["names"]) + 1)
   assert m["eval/miou"] == pytest.approx(miou) and m["eval/pixel_acc"] == pytest.approx(acc)
+  assert m["eval/miou_objects"] == pytest.approx(reference_miou(seg["pred"], seg["gt"], len(seg["names"]) + 1, 1)[0])
   for v in m.values():
     assert 0.0 <= v <= 100.0
 

@@ -36,7 +36,8 @@ EVAL_NAMES = {"eval/knn_top1": "kNN top-1", "eval/knn_top5": "kNN top-5",
               "eval/head_top1": "head top-1 (clean test)", "eval/noise_auc": "noise-detection AUC",
               "eval/linear_noisy_top1": "linear probe on noisy labels (clean test)",
               **{f"eval/cluster_acc_{p}": f"clustering acc. ({p})" for p in ("all", "old", "new")},
-              "eval/miou": "mIoU", "eval/pixel_acc": "pixel acc.", "eval/miou_unseen": "mIoU (held-out classes)",
+              "eval/miou": "mIoU", "eval/miou_objects": "mIoU (objects)", "eval/pixel_acc": "pixel acc.",
+              "eval/miou_unseen": "mIoU (held-out classes)",
               "eval/miou_seen": "mIoU (seen classes)", "eval/pixel_acc_unseen_pairs": "pixel acc. (held-out pairs)",
               "eval/pixel_acc_seen_pairs": "pixel acc. (seen pairs)"}
 
