@@ -195,11 +195,10 @@ def segment_split(run: Run, state: TrainState, specs: Any) -> dict[str, Any]:
 
 
 def evaluate_segmentation(run: Run, state: TrainState, specs: Any, out: dict | None = None) -> dict[str, float]:
-  """eval/miou, eval/miou_objects (the classes alone, background excluded: where background covers most pixels,
-  as the 89% of shapes_scenes at 32 px, an all-background map scores that share / (classes + 1) in eval/miou,
-  8.1 there, and 0 here),
-  eval/pixel_acc, and with held-out classes eval/miou_unseen / _seen, with held-out pairs
-  eval/pixel_acc_unseen_pairs / _seen_pairs (all %). `out`, when given, receives the label maps."""
+  """eval/miou, eval/miou_objects (the classes alone, background excluded), eval/pixel_acc, and with held-out
+  classes eval/miou_unseen / _seen, with held-out pairs eval/pixel_acc_unseen_pairs / _seen_pairs (all %). `out`,
+  when given, receives the label maps. Where background covers most pixels (89% of shapes_scenes at 32 px), an
+  all-background map scores that share / (classes + 1) in eval/miou (8.1 there) and 0 in eval/miou_objects."""
   seg = segment_split(run, state, specs)
   if out is not None:
     out.update(seg)
