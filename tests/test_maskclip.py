@@ -206,8 +206,9 @@ def test_vit_and_text_tower_mask_inputs_keep_the_old_parameters():
 
 
 def maskclip_config(**overrides):
-  """The quick start's settings, tiny: vit_micro on 8 px patches of 32 px images (a 4 x 4 grid), 1-layer text."""
-  return tiny_method_config("maskclip", **{
+  """The quick start's settings, tiny: vit_micro on 8 px patches of 32 px images (a 4 x 4 grid), 1-layer text;
+  the softmax ('ce') distillation, whose head and centre the fixture covers (the quick start ships 'l2')."""
+  return tiny_method_config("maskclip", **{"method.msd_loss": "ce",
       "data.num_train": 64, "data.num_test": 64, "batch_size": 16, "eval.batch_size": 32,
       "model.patch_size": 8, "text_model.width": 32, "text_model.depth": 1, "text_model.heads": 2,
       "method.embed_dim": 16, "method.head_dim": 32, "method.mask_min_patches": 2, "method.text_msd": True,
@@ -250,6 +251,22 @@ def test_method_step_with_sgd_on_eight_devices_equals_one(method_and_views):
   expected = jax.tree.map(lambda t, s: m * t + (1 - m) * s, state["ema"]["params"], online)
   assert_trees_close(one.state_after_update["ema"]["params"], expected, rtol=1e-5, atol=1e-6)
   assert float(jnp.abs(one.state_after_loss["center"] - state["center"]).max()) > 1e-4
+
+
+def test_l2_distillation_step_on_eight_devices_equals_one():
+  """The quick start's form: cosine regression of the teacher's tokens, no head and no centre."""
+  method = build_method(maskclip_config(**{"method.msd_loss": "l2", "method.text_msd": False}), total_steps=10)
+  data = shapes.generate(16, split="train", seed=0, image_size=32)
+  images = np.random.default_rng(1).normal(size=(1, 16, 32, 32, 3)).astype(np.float32)
+  views = {"crops": (images,), "tokens": method.tokenizer.encode(list(data["caption"]))}
+  params, state = jax.jit(method.init)(jax.random.key(0), views)
+  state["ema"]["params"] = jax.tree.map(lambda p: p * 0.95, state["ema"]["params"])
+  one = make_method_step(method, state, views, 1, seed=1, sgd_lr=0.1)(params, state, views, 3)
+  eight = make_method_step(method, state, views, 8, seed=1, sgd_lr=0.1)(params, state, views, 3)
+  assert float(one.metrics["msd_loss"]) > 0
+  np.testing.assert_allclose(float(eight.loss), float(one.loss), rtol=1e-5)
+  assert_trees_close(eight.grads, one.grads, rtol=2e-4, atol=5e-5)   # gradients ~1; 8x scaling shows
+  assert all(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(one.grads["msd"]))
 
 
 def test_loss_decreases_with_sgd(method_and_views):
