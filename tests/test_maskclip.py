@@ -215,17 +215,23 @@ def maskclip_config(**overrides):
       "data.text.context_length": 20, **overrides})
 
 
-@pytest.fixture(scope="module")
-def method_and_views():
-  config = maskclip_config()
+def initialised(config, rng):
+  """The method, its parameters and state on 16 noise images with the shapes' captions; the teacher differs
+  from the student (x 0.95) so the step covers its use."""
   method = build_method(config, total_steps=10)
   data = shapes.generate(16, split="train", seed=0, image_size=32)
-  rng = np.random.default_rng(0)
   images = rng.normal(size=(1, 16, 32, 32, 3)).astype(np.float32)
   views = {"crops": (images,), "tokens": method.tokenizer.encode(list(data["caption"]))}
   params, state = jax.jit(method.init)(jax.random.key(0), views)
-  # A teacher that differs from the student and non-zero centres, so the step covers their use.
   state["ema"]["params"] = jax.tree.map(lambda p: p * 0.95, state["ema"]["params"])
+  return method, params, state, views
+
+
+@pytest.fixture(scope="module")
+def method_and_views():
+  rng = np.random.default_rng(0)
+  method, params, state, views = initialised(maskclip_config(), rng)
+  # Non-zero centres, so the step covers their use.
   state["center"] = jnp.asarray(rng.normal(size=state["center"].shape).astype(np.float32)) * 0.1
   step1 = make_method_step(method, state, views, 1, seed=1, sgd_lr=0.1)   # compiled once for both tests
   return method, params, state, views, step1
@@ -255,12 +261,8 @@ def test_method_step_with_sgd_on_eight_devices_equals_one(method_and_views):
 
 def test_l2_distillation_step_on_eight_devices_equals_one():
   """The quick start's form: cosine regression of the teacher's tokens, no head and no centre."""
-  method = build_method(maskclip_config(**{"method.msd_loss": "l2", "method.text_msd": False}), total_steps=10)
-  data = shapes.generate(16, split="train", seed=0, image_size=32)
-  images = np.random.default_rng(1).normal(size=(1, 16, 32, 32, 3)).astype(np.float32)
-  views = {"crops": (images,), "tokens": method.tokenizer.encode(list(data["caption"]))}
-  params, state = jax.jit(method.init)(jax.random.key(0), views)
-  state["ema"]["params"] = jax.tree.map(lambda p: p * 0.95, state["ema"]["params"])
+  method, params, state, views = initialised(
+      maskclip_config(**{"method.msd_loss": "l2", "method.text_msd": False}), np.random.default_rng(1))
   one = make_method_step(method, state, views, 1, seed=1, sgd_lr=0.1)(params, state, views, 3)
   eight = make_method_step(method, state, views, 8, seed=1, sgd_lr=0.1)(params, state, views, 3)
   assert float(one.metrics["msd_loss"]) > 0
