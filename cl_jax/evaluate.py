@@ -12,7 +12,9 @@
 linear and knn append {"step", "eval/<protocol>_top1", "eval/<protocol>_top5"} to <workdir>/metrics.jsonl;
 attributes appends eval/attr_<name> per attribute of the embedded shapes; zeroshot appends eval/zeroshot_top1/_top5
 (and _top1_unseen/_seen with held-out pairs), retrieval eval/{i2t,t2i}_r{1,5,10}.
-`--config.eval.<name>=value` overrides the run's config.eval for this evaluation (names in EVAL_OPTIONS).
+`--config.eval.<name>=value` overrides the run's config.eval for this evaluation (names in EVAL_OPTIONS);
+`--num_test=N` evaluates on the first N test examples instead of the run's data.num_test (the embedded data draws
+any number, deterministically: a larger split shrinks the sampling noise of a small subset such as held-out pairs).
 """
 from __future__ import annotations
 
@@ -184,11 +186,14 @@ def check_labels(config: ml_collections.ConfigDict, protocol: str) -> None:
 
 
 def run_protocol(protocol: str, run: Any, state: Any, specs: Any, step: int, workdir: str,
-                 stream: Any = None) -> dict[str, float]:
-  """Runs `protocol` on a loaded run, appends its metrics to <workdir>/metrics.jsonl and prints one line."""
+                 stream: Any = None, name_test_split: bool = False) -> dict[str, float]:
+  """Runs `protocol` on a loaded run, appends its metrics to <workdir>/metrics.jsonl and prints one line (ending
+  with the test split's size when `name_test_split`)."""
   from cl_jax import reporting  # pylint: disable=g-import-not-at-top
 
   metrics, line = PROTOCOLS.get(protocol)(run, state, specs, workdir, step)
+  if name_test_split and run.test_source is not None:
+    line += f" | test split: {len(run.test_source)} examples"
   reporter = reporting.Reporter(workdir, run.total_steps, tensorboard=False, stream=stream)
   try:
     if metrics:
@@ -203,12 +208,16 @@ CHECKPOINTS = ("latest", "best")
 
 
 def evaluate(workdir: str, protocol: str, overrides: ml_collections.ConfigDict | None = None,
-             fast: bool | None = None, stream: Any = None, checkpoint: str = "latest") -> dict[str, float]:
-  """Loads the latest (or the best-metric) checkpoint of `workdir` (config.eval overridden by `overrides.eval`)
-  and runs `protocol`."""
+             fast: bool | None = None, stream: Any = None, checkpoint: str = "latest",
+             num_test: int | None = None) -> dict[str, float]:
+  """Loads the latest (or the best-metric) checkpoint of `workdir` (config.eval overridden by `overrides.eval`,
+  the test split cut to its first `num_test` examples when given) and runs `protocol`."""
   PROTOCOLS.get(protocol)
   if checkpoint not in CHECKPOINTS:
     raise ValueError(f"Unknown --checkpoint={checkpoint!r}; use one of: {', '.join(CHECKPOINTS)}.")
+  if num_test is not None and (isinstance(num_test, bool) or not isinstance(num_test, int) or num_test < 1):
+    raise ValueError(f"--num_test={num_test}: must be a whole number >= 1 (test examples to evaluate on); "
+                     "leave it out for the run's own test split.")
   from cl_jax import train, workdir as workdir_lib  # pylint: disable=g-import-not-at-top
 
   config = workdir_lib.load_config(workdir)
@@ -218,9 +227,11 @@ def evaluate(workdir: str, protocol: str, overrides: ml_collections.ConfigDict |
         config.eval[name] = value
     if fast is not None:
       config.eval.linear_fast = bool(fast)
+    if num_test is not None:
+      config.data.num_test = num_test
   check_labels(config, protocol)
   run, state, specs, step = train.load_run(workdir, config, best=checkpoint == "best")
-  return run_protocol(protocol, run, state, specs, step, workdir, stream)
+  return run_protocol(protocol, run, state, specs, step, workdir, stream, name_test_split=num_test is not None)
 
 
 def define_flags() -> None:
@@ -235,6 +246,8 @@ def define_flags() -> None:
                     "--nofast trains on random-resized crops each epoch.")
   flags.DEFINE_string("checkpoint", "latest", "latest | best (the best-metric checkpoint kept in "
                       "checkpoints_best/ when the run set config.best_metric).")
+  flags.DEFINE_integer("num_test", None, "Evaluate on the first N examples of the test split instead of the run's "
+                       "data.num_test (the embedded data draws any number).")
   flags.mark_flags_as_required(["workdir"])
 
 
@@ -249,7 +262,7 @@ def main(argv: list[str]) -> None:
     from cl_jax import parallel  # pylint: disable=g-import-not-at-top
     parallel.initialize_distributed()
     evaluate(flags.FLAGS.workdir, flags.FLAGS.protocol, flags.FLAGS.config, flags.FLAGS.fast,
-             checkpoint=flags.FLAGS.checkpoint)
+             checkpoint=flags.FLAGS.checkpoint, num_test=flags.FLAGS.num_test)
   except (ValueError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)

@@ -1,6 +1,7 @@
 """Offline evaluation: the linear probe on synthetic features, the CLI on a tiny trained workdir, bad input."""
 import json
 import os
+import shutil
 
 import jax
 import ml_collections
@@ -135,6 +136,23 @@ def test_attributes_protocol_writes_metrics(workdir, loaded, capsys):
   knn = monitors.evaluate_knn(run, features.make_encode(run, specs), state)
   assert metrics["eval/attr_shape"] == pytest.approx(knn["eval/knn_top1"])
   assert "kNN top-1 by attribute: shape" in capsys.readouterr().out
+
+
+def test_num_test_evaluates_on_a_larger_test_split(workdir, tmp_path, capsys):
+  # The run's test split has 128 examples; --num_test=200 draws 200 (the embedded data has any number), and the
+  # line names the size of the split that was actually built, so an override that never reached the source fails.
+  workdir = shutil.copytree(workdir, tmp_path / "run")   # its own metrics.jsonl: other tests count rows
+  metrics = evaluate.evaluate(str(workdir), "knn", num_test=200)
+  assert "test split: 200 examples" in capsys.readouterr().out
+  assert 0.0 <= metrics["eval/knn_top1"] <= 100.0
+  assert metrics["eval/knn_top1"] * 2 == pytest.approx(round(metrics["eval/knn_top1"] * 2))   # k / 200 in %
+  assert rows(workdir, "eval/knn_top1")[-1] == {"step": 3, **metrics}
+
+
+def test_cli_bad_num_test_is_one_line(workdir):
+  line = cli_one_line(f"--workdir={workdir}", "--protocol=knn", "--num_test=0", module="cl_jax.evaluate", status=1)
+  assert line == ("error: --num_test=0: must be a whole number >= 1 (test examples to evaluate on); leave it out "
+                  "for the run's own test split."), line
 
 
 def test_attributes_protocol_needs_attributes():
