@@ -11,7 +11,7 @@
 
 linear and knn append {"step", "eval/<protocol>_top1", "eval/<protocol>_top5"} to <workdir>/metrics.jsonl;
 attributes appends eval/attr_<name> per attribute of the embedded shapes; zeroshot appends eval/zeroshot_top1/_top5
-(and _top1_unseen/_seen with held-out pairs), retrieval eval/{i2t,t2i}_r{1,5,10}.
+(and _top1_unseen/_seen/_seen_colours with held-out pairs), retrieval eval/{i2t,t2i}_r{1,5,10}.
 `--config.eval.<name>=value` overrides the run's config.eval for this evaluation (names in EVAL_OPTIONS);
 `--num_test=N` evaluates on the first N test examples instead of the run's data.num_test (the embedded data draws
 any number, deterministically: a larger split shrinks the sampling noise of a small subset such as held-out pairs).
@@ -110,8 +110,9 @@ def _zeroshot(run, state, specs, workdir, step) -> tuple[dict[str, float], str]:
 
   m = zeroshot.evaluate_zeroshot(run, state, specs)
   line = (f"step {step}: zero-shot top-1 {m['eval/zeroshot_top1']:.2f}% (top-5 {m['eval/zeroshot_top5']:.2f}%)"
-          + "".join(f", {k.split('_')[-1]} compositions {m[k]:.2f}%" for k in
-                    ("eval/zeroshot_top1_unseen", "eval/zeroshot_top1_seen") if k in m)
+          + "".join(f", {name} {m[k]:.2f}%" for k, name in
+                    (("eval/zeroshot_top1_unseen", "unseen compositions"), ("eval/zeroshot_top1_seen", "seen compositions"),
+                     ("eval/zeroshot_top1_seen_colours", "their shapes in seen colours")) if k in m)
           + f" | {len(zeroshot.default_templates(run))} prompt templates")
   return m, line
 

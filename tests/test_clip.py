@@ -91,7 +91,7 @@ def test_tiny_clip_run_reports_zeroshot_and_retrieval(tmp_path):
   history = train.train_and_evaluate(config, str(tmp_path))
   assert np.isfinite(history["loss"])
   for key in ("eval/zeroshot_top1", "eval/zeroshot_top5", "eval/i2t_r1", "eval/i2t_r10", "eval/t2i_r5",
-              "eval/zeroshot_top1_unseen", "eval/zeroshot_top1_seen"):
+              "eval/zeroshot_top1_unseen", "eval/zeroshot_top1_seen", "eval/zeroshot_top1_seen_colours"):
     assert 0.0 <= history[key] <= 100.0, key
   assert history["eval/i2t_r1"] <= history["eval/i2t_r5"] <= history["eval/i2t_r10"]
   rows = [json.loads(line) for line in open(os.path.join(tmp_path, "metrics.jsonl"))]
@@ -108,6 +108,18 @@ def test_zeroshot_accuracy_against_numpy():
   top3 = np.mean([labels[i] in sorted(range(7), key=lambda c: -(img[i] @ classes[c]))[:3] for i in range(40)])
   np.testing.assert_allclose(acc[1], 100 * top1)
   np.testing.assert_allclose(acc[3], 100 * top3)
+
+
+def test_composition_masks_against_a_loop():
+  rng = np.random.default_rng(2)
+  labels, colors = rng.integers(0, 5, 200), rng.integers(0, 4, 200)
+  held = ((1, 2), (3, 0))
+  masks = zeroshot.composition_masks(labels, colors, held)
+  for i in range(200):
+    unseen = (labels[i], colors[i]) in held
+    assert masks["unseen"][i] == unseen and masks["seen"][i] == (not unseen)
+    assert masks["seen_colours"][i] == (labels[i] in (1, 3) and not unseen)   # class 1 in colours 0, 1, 3 ...
+  assert masks["seen_colours"].any() and masks["unseen"].any()
 
 
 def test_retrieval_recall_against_numpy():

@@ -96,7 +96,8 @@ def zeroshot_accuracy(image_emb: np.ndarray, labels: np.ndarray, class_emb: np.n
 
 
 def evaluate_zeroshot(run: Run, state: TrainState, specs: Any) -> dict[str, float]:
-  """eval/zeroshot_top1, _top5 on the test split; with held-out (label, colour) pairs also _top1_unseen/_seen."""
+  """eval/zeroshot_top1, _top5 on the test split; with held-out (label, colour) pairs also _top1_unseen / _seen /
+  _seen_colours (composition_masks)."""
   check_language_image(run, "zeroshot")
   source = run.test_source
   class_names = getattr(source, "class_names", None)
@@ -109,12 +110,21 @@ def evaluate_zeroshot(run: Run, state: TrainState, specs: Any) -> dict[str, floa
   result = {"eval/zeroshot_top1": acc[1], "eval/zeroshot_top5": acc[5]}
   held = tuple(getattr(source, "held_out_pairs", ()) or ())
   if held and "color" in data:
-    unseen = np.zeros(len(data["label"]), bool)
-    for label, color in held:
-      unseen |= (data["label"] == label) & (data["color"] == color)
-    for name, mask in (("unseen", unseen), ("seen", ~unseen)):
+    for name, mask in composition_masks(data["label"], data["color"], held).items():
       if mask.any():
         result[f"eval/zeroshot_top1_{name}"] = zeroshot_accuracy(data["embedding"][mask], data["label"][mask],
                                                                  classes, ks=(1,))[1]
   return result
+
+
+def composition_masks(labels: np.ndarray, colors: np.ndarray,
+                      held: Sequence[tuple[int, int]]) -> dict[str, np.ndarray]:
+  """Test-example masks for held-out (label, colour) pairs: "unseen" (a held-out pair), "seen" (every other), and
+  "seen_colours" (a held-out pair's class in a colour it was trained with: the control that shares the unseen
+  subset's classes, so unseen - seen_colours is the composition gap without the per-class difficulty)."""
+  unseen = np.zeros(len(labels), bool)
+  for label, color in held:
+    unseen |= (labels == label) & (colors == color)
+  same_classes = np.isin(labels, [label for label, _ in held])
+  return {"unseen": unseen, "seen": ~unseen, "seen_colours": same_classes & ~unseen}
 
