@@ -33,6 +33,16 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
 
+  def committed_step(self) -> int | None:
+    """The newest checkpoint finalised on disk (the step a restart resumes from), or None. Unlike latest_step,
+    which counts a save as soon as it starts, an async save still being written (or whose commit a dead peer
+    blocks) is not counted."""
+    try:
+      steps = ocp.path.step.checkpoint_steps(self.directory)
+    except (FileNotFoundError, ValueError):
+      return None
+    return max(steps, default=None)
+
   def save(self, step: int, state: Any, data_state: Any) -> None:
     """Starts writing checkpoint `step` (asynchronously; the run continues meanwhile).
 

@@ -8,7 +8,8 @@ longer answers (the coordinator, process 0, is gone), ends the run on this host 
 that verdict instead of printing a traceback. JAX's own heartbeat (jax.distributed.initialize's
 heartbeat_timeout_seconds, set longer by parallel.initialize_distributed) would abort the process with a fatal
 stack dump and no word of which process died; this one fires first. Orbax commits a checkpoint atomically, so the
-restart of every process resumes from the last checkpoint all of them finished.
+restart of every process resumes from the last checkpoint all of them finished; the line names that step (the
+newest finalised on disk: a save the dead peer never let commit is not counted).
 """
 from __future__ import annotations
 

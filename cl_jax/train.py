@@ -294,7 +294,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   log_every, eval_every = config.get("log_every", 50), eval_cfg.every
   ckpt_every = config.get("checkpoint_every", 1000)
   guard = preemption.PreemptionGuard(check_every=config.get("preemption_check_every", 10))
-  watch = peers.PeerWatch(peer_timeout, ckpt.latest_step)   # multi-host: a dead peer ends the run in one line
+  watch = peers.PeerWatch(peer_timeout, ckpt.committed_step)   # multi-host: a dead peer ends the run in one line
   step = start
   warned: set[str] = set()
   try:

@@ -37,3 +37,15 @@ def test_other_key_changes_get_the_generic_line(tmp_path):
   step, restored, _ = ckpt.restore({"step": jnp.zeros((), jnp.int32), "params": {"w": jnp.zeros(3)}})
   assert step == 1 and float(jax.device_get(restored["params"]["w"]).sum()) == 3.0
   ckpt.close()
+
+
+def test_committed_step_counts_only_finalised_checkpoints(tmp_path):
+  # What a dead peer's survivor reports as "the last checkpoint every host finished": a save whose commit never
+  # finished (its tmp directory, as a SIGKILLed peer leaves it) is not the step a restart resumes from.
+  ckpt = checkpoint.Checkpointer(str(tmp_path / "ckpt"), async_save=False)
+  assert ckpt.committed_step() is None
+  ckpt.save(1, {"step": jnp.ones((), jnp.int32)}, None)
+  os.makedirs(tmp_path / "ckpt" / "3.orbax-checkpoint-tmp")
+  assert ckpt.committed_step() == 1
+  ckpt.close()
+  assert checkpoint.Checkpointer(str(tmp_path / "missing_later"), async_save=False).committed_step() is None
