@@ -102,6 +102,12 @@ def _tsne(run, state, specs, workdir, step) -> tuple[dict[str, float], str]:
   return {}, line
 
 
+# The zero-shot line's held-out-pair parts (metric, wording), in order.
+ZEROSHOT_PARTS = (("eval/zeroshot_top1_unseen", "unseen compositions"),
+                  ("eval/zeroshot_top1_seen", "seen compositions"),
+                  ("eval/zeroshot_top1_seen_colours", "their shapes in seen colours"))
+
+
 @PROTOCOLS.register("zeroshot")
 def _zeroshot(run, state, specs, workdir, step) -> tuple[dict[str, float], str]:
   """Zero-shot classification of the test split (CLIP Sec. 3.1): class names x prompt templates."""
@@ -110,9 +116,7 @@ def _zeroshot(run, state, specs, workdir, step) -> tuple[dict[str, float], str]:
 
   m = zeroshot.evaluate_zeroshot(run, state, specs)
   line = (f"step {step}: zero-shot top-1 {m['eval/zeroshot_top1']:.2f}% (top-5 {m['eval/zeroshot_top5']:.2f}%)"
-          + "".join(f", {name} {m[k]:.2f}%" for k, name in
-                    (("eval/zeroshot_top1_unseen", "unseen compositions"), ("eval/zeroshot_top1_seen", "seen compositions"),
-                     ("eval/zeroshot_top1_seen_colours", "their shapes in seen colours")) if k in m)
+          + "".join(f", {name} {m[k]:.2f}%" for k, name in ZEROSHOT_PARTS if k in m)
           + f" | {len(zeroshot.default_templates(run))} prompt templates")
   return m, line
 
