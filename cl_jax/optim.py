@@ -2,12 +2,15 @@
 
 `config.optim` is validated against SHARED plus the named optimizer's fields (FIELDS): an unknown key or an
 impossible value is one line. Shared: name (sgd | adamw | lars | lamb), lr, lr_scaling (linear | sqrt | none),
-base_batch; schedule (cosine | constant | step), warmup_epochs or warmup_steps, end_lr; for step: decay_epochs (lr
-x decay_factor at each, e.g. MoCo v1's 120, 160 of 200); weight_decay, weight_decay_schedule ((start, end) cosine,
+base_batch; schedule (cosine | constant | step | poly), warmup_epochs or warmup_steps, end_lr; for step: decay_epochs
+(lr x decay_factor at each, e.g. MoCo v1's 120, 160 of 200); for poly: poly_power (lr x (1 - t)^power, the
+segmentation schedule of DeepLab and lang-seg); weight_decay, weight_decay_schedule ((start, end) cosine,
 DINO Sec. 4 / App. B); exclude_bias_and_norm; clip_norm (0 = off), clip_mode (global | per_param: each tensor's
 gradient clipped to the norm by itself, DINO's utils.clip_gradients); grad_accum_steps; frozen (path substrings;
 always, or only for the first `frozen_steps` updates, DINO's freeze_last_layer); constant_lr (path substrings whose
-lr stays at the peak lr, e.g. SimSiam's predictor, Chen & He 2021 Sec. 4.2). Per optimizer: momentum, nesterov
+lr stays at the peak lr, e.g. SimSiam's predictor, Chen & He 2021 Sec. 4.2); lr_multipliers ((path substring,
+factor) pairs: that sub-tree's lr, and so its decay step, x factor; the first matching pair counts, e.g. lang-seg's
+decoder at 10x the backbone's lr). Per optimizer: momentum, nesterov
 (sgd, lars); trust_coefficient (lars); b1, b2, eps (adamw, lamb).
 """
 from __future__ import annotations
@@ -24,7 +27,7 @@ from cl_jax.schema import Field, validate_variant
 
 OPTIMIZERS: Registry[Callable[..., optax.GradientTransformation]] = Registry("optimizer")
 _LR_SCALINGS = ("linear", "sqrt", "none")
-_SCHEDULES = ("cosine", "constant", "step")
+_SCHEDULES = ("cosine", "constant", "step", "poly")
 _CLIP_MODES = ("global", "per_param")
 _BOOL = (True, False)
 SHARED: dict[str, Field] = {
@@ -34,7 +37,8 @@ SHARED: dict[str, Field] = {
     "decay_factor": Field(0.1, low=0), "weight_decay": Field(0.0, low=0), "weight_decay_schedule": Field(None),
     "exclude_bias_and_norm": Field(True, choices=_BOOL), "clip_norm": Field(0.0, low=0),
     "clip_mode": Field("global", choices=_CLIP_MODES), "grad_accum_steps": Field(1, low=1),
-    "frozen": Field(None), "frozen_steps": Field(0, low=0), "constant_lr": Field(None)}
+    "frozen": Field(None), "frozen_steps": Field(0, low=0), "constant_lr": Field(None),
+    "lr_multipliers": Field(()), "poly_power": Field(0.9, low=0, open_low=True)}
 _MOMENTUM = {"momentum": Field(0.9, low=0, high=1), "nesterov": Field(False, choices=_BOOL)}
 _ADAM = {"b1": Field(0.9, low=0, high=1), "b2": Field(0.999, low=0, high=1), "eps": Field(1e-8, low=0, open_low=True)}
 FIELDS: dict[str, dict[str, Field]] = {   # optimizer name -> its config.optim fields (SHARED included)
@@ -77,9 +81,11 @@ def scaled_lr(lr: float, batch_size: int, scaling: str, base_batch: int = 256) -
 
 
 def lr_schedule(peak: float, *, total_steps: int, warmup_steps: int = 0, kind: str = "cosine",
-                end_lr: float = 0.0, boundaries: tuple[int, ...] = (), factor: float = 0.1) -> optax.Schedule:
-  """Linear warmup from 0 to `peak`, then cosine decay to `end_lr` (SimCLR Sec. 3, SGDR), constant, or step
-  decay by `factor` at each of the step `boundaries` (MoCo v1 Sec. 4: x0.1 at epochs 120 and 160)."""
+                end_lr: float = 0.0, boundaries: tuple[int, ...] = (), factor: float = 0.1,
+                power: float = 0.9) -> optax.Schedule:
+  """Linear warmup from 0 to `peak`, then cosine decay to `end_lr` (SimCLR Sec. 3, SGDR), constant, step decay by
+  `factor` at each of the step `boundaries` (MoCo v1 Sec. 4: x0.1 at epochs 120 and 160), or poly decay
+  end_lr + (peak - end_lr) (1 - t)^power (DeepLab Sec. 4.1; lang-seg's LambdaLR, power 0.9)."""
   if kind not in _SCHEDULES:
     raise ValueError(f"Unknown schedule '{kind}'; set optim.schedule to one of {', '.join(_SCHEDULES)}.")
   if kind == "step" and not boundaries:
@@ -95,7 +101,8 @@ def lr_schedule(peak: float, *, total_steps: int, warmup_steps: int = 0, kind: s
       after = peak * factor ** drops
     else:
       t = jnp.clip((step - warmup_steps) / max(total_steps - warmup_steps, 1), 0.0, 1.0)
-      after = end_lr + (peak - end_lr) * 0.5 * (1.0 + jnp.cos(jnp.pi * t))
+      shape = (1.0 - t) ** power if kind == "poly" else 0.5 * (1.0 + jnp.cos(jnp.pi * t))
+      after = end_lr + (peak - end_lr) * shape
     return jnp.where(step < warmup_steps, warm, after)
 
   return schedule
@@ -153,6 +160,50 @@ def _path_labels(substrings: tuple[str, ...], hit: str, miss: str) -> Callable[[
   return labels
 
 
+def lr_multipliers(pairs: Any) -> tuple[tuple[str, float], ...]:
+  """config.optim.lr_multipliers -> ((path substring, factor), ...), checked (one-line errors)."""
+  example = "e.g. --config.optim.lr_multipliers=\"(('decoder', 10.0),)\""
+  try:
+    out = tuple((str(s), float(f)) for s, f in (pairs or ()))
+  except (TypeError, ValueError):
+    raise ValueError(f"optim.lr_multipliers={pairs!r} must be (path substring, factor) pairs; {example}.") from None
+  for s, f in out:
+    if not s or not math.isfinite(f) or f <= 0:
+      raise ValueError(f"optim.lr_multipliers has ({s!r}, {f}): the substring must be non-empty and the factor "
+                       f"a positive number; {example}.")
+  return out
+
+
+def _multiplied(make: Callable[..., optax.GradientTransformation], cfg: dict[str, Any], lr: Any, wd: Any,
+                mask: Any, pairs: tuple[tuple[str, float], ...]) -> optax.GradientTransformation:
+  """`make`'s optimizer with each matching sub-tree's lr x its factor (an optax.multi_transform group per pair)."""
+  scaled = lambda f: (lambda step: f * lr(step)) if callable(lr) else f * lr
+  transforms = {"x1": make(cfg, lr, wd, mask), **{f"pair{i}": make(cfg, scaled(f), wd, mask)
+                                                   for i, (_, f) in enumerate(pairs)}}
+
+  def labels(params):
+    def label(path, _):
+      name = jax.tree_util.keystr(path, simple=True, separator="/")
+      return next((f"pair{i}" for i, (s, _) in enumerate(pairs) if s in name), "x1")
+    return jax.tree_util.tree_map_with_path(label, params)
+
+  return optax.multi_transform(transforms, labels)
+
+
+def _check_paths(tx: optax.GradientTransformation, pairs: tuple[tuple[str, float], ...]
+                 ) -> optax.GradientTransformation:
+  """`tx` whose init fails in one line when an lr_multipliers substring is in no parameter's path (a typo)."""
+  def init(params):
+    names = [jax.tree_util.keystr(path, simple=True, separator="/")
+             for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    for s, _ in pairs:
+      if not any(s in n for n in names):
+        raise ValueError(f"optim.lr_multipliers names {s!r}, which is in no parameter's path (they look like "
+                         f"{names[0]!r}); fix the substring.")
+    return tx.init(params)
+  return optax.GradientTransformation(init, tx.update)
+
+
 def _frozen_for(inner: optax.GradientTransformation, steps: int) -> optax.GradientTransformation:
   """`inner` with zero gradients and zero updates for its first `steps` updates (no weight decay either), as
   DINO's cancel_gradients_last_layer (grad=None in epoch 0). Schedules and Adam's count still advance."""
@@ -194,7 +245,8 @@ def build_optimizer(cfg: Any, *, total_steps: int, steps_per_epoch: int,
                      "lower optim.warmup_epochs/warmup_steps or train longer.")
   boundaries = tuple(round(e * steps_per_epoch) for e in (cfg["decay_epochs"] or ()))
   schedule = lr_schedule(peak, total_steps=total_steps, warmup_steps=warmup, kind=cfg["schedule"],
-                         end_lr=cfg["end_lr"], boundaries=boundaries, factor=float(cfg["decay_factor"]))
+                         end_lr=cfg["end_lr"], boundaries=boundaries, factor=float(cfg["decay_factor"]),
+                         power=float(cfg["poly_power"]))
 
   wd = float(cfg["weight_decay"])
   wd_schedule = cfg["weight_decay_schedule"]
@@ -203,6 +255,9 @@ def build_optimizer(cfg: Any, *, total_steps: int, steps_per_epoch: int,
       raise ValueError(f"optim.weight_decay_schedule must be (start, end), got {wd_schedule}.")
     wd = cosine_schedule(float(wd_schedule[0]), float(wd_schedule[1]), total_steps)
   mask = decay_mask(cfg["exclude_bias_and_norm"])
+  pairs = lr_multipliers(cfg["lr_multipliers"])
+  if pairs:
+    make = lambda c, lr, wd, mask, make=make: _multiplied(make, c, lr, wd, mask, pairs)
   tx = make(cfg, schedule, wd, mask)
   constant = tuple(cfg["constant_lr"] or ())
   if constant:
@@ -216,6 +271,8 @@ def build_optimizer(cfg: Any, *, total_steps: int, steps_per_epoch: int,
   # layer's gradients): inside the freeze's multi_transform a global norm would be taken per group.
   if (clip := _clip(cfg)) is not None:
     tx = optax.chain(clip, tx)
+  if pairs:
+    tx = _check_paths(tx, pairs)
   accum = int(cfg["grad_accum_steps"])
   if accum > 1:
     tx = optax.MultiSteps(tx, every_k_schedule=accum).gradient_transformation()

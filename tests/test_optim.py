@@ -226,11 +226,46 @@ def test_constant_lr_keeps_the_peak_lr_for_matching_params(tree):
   np.testing.assert_allclose(got[1]["bn"]["scale"], -0.2 * g2["bn"]["scale"], rtol=1e-5)
 
 
+def test_poly_schedule():
+  """lang-seg / DeepLab: peak x (1 - t)^0.9 after the warm-up, t counted from its end."""
+  _, schedule = build(total_steps=100, name="sgd", lr=0.04, schedule="poly", warmup_steps=10)
+  steps = np.array([0, 5, 10, 40, 99, 100])
+  t = np.clip((steps - 10) / 90, 0, 1)
+  want = np.where(steps < 10, 0.04 * steps / 10, 0.04 * (1 - t) ** 0.9)
+  np.testing.assert_allclose([float(schedule(s)) for s in steps], want, rtol=1e-5, atol=1e-9)
+  _, schedule = build(total_steps=100, name="sgd", lr=0.04, schedule="poly", poly_power=2.0)
+  np.testing.assert_allclose(float(schedule(50)), 0.04 * 0.25, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_lr_multipliers_scale_the_lr_and_decay_of_matching_params(tree, name):
+  """lang-seg's decoder at 10x the backbone lr: a matching param's update (weight decay included) is 10x the
+  plain one, the others are unchanged; the lr schedule returned (the one logged) is the base one."""
+  params, g1, g2 = tree
+  kw = dict(total_steps=4, name=name, lr=0.2, weight_decay=0.1, exclude_bias_and_norm=False)
+  base, _ = build(**kw)
+  tx, schedule = build(lr_multipliers=(("conv", 10.0), ("co", 3.0)), **kw)   # the first matching pair counts
+  want, got = run(base, params, [g1, g2]), run(tx, params, [g1, g2])
+  np.testing.assert_allclose(got[0]["conv"]["kernel"], 10 * want[0]["conv"]["kernel"], rtol=1e-5)
+  assert not np.allclose(got[1]["conv"]["kernel"], want[1]["conv"]["kernel"])
+  for step in (0, 1):
+    assert_tree_close(got[step]["bn"], want[step]["bn"])
+  np.testing.assert_allclose(float(schedule(1)), np_schedule(1, 0.2, 0, 4), rtol=1e-6)
+
+
+def test_lr_multipliers_name_a_missing_path_in_one_line(tree):
+  tx, _ = build(name="sgd", lr=0.1, lr_multipliers=(("decodr", 10.0),))
+  with pytest.raises(ValueError, match=r"^optim.lr_multipliers names 'decodr', which is in no parameter's path"):
+    tx.init(tree[0])
+
+
 @pytest.mark.parametrize("kw,match", [
     (dict(name="adam", lr=0.1), r"Unknown optimizer 'adam'; known optimizers: adamw, lamb, lars, sgd"),
     (dict(name="sgd", lr=0.0), r"optim.lr must be > 0"),
     (dict(name="sgd", lr=0.1, lr_scaling="cubic"), r"optim.lr_scaling='cubic': must be one of 'linear', 'sqrt', "),
-    (dict(name="sgd", lr=0.1, schedule="poly"), r"optim.schedule='poly': must be one of 'cosine', 'constant', 'step'"),
+    (dict(name="sgd", lr=0.1, schedule="poly2"), r"optim.schedule='poly2': must be one of 'cosine', 'constant', 'step'"),
+    (dict(name="sgd", lr=0.1, lr_multipliers=(("decoder", 0.0),)), r"lr_multipliers has \('decoder', 0.0\).*positive"),
+    (dict(name="sgd", lr=0.1, lr_multipliers=("decoder",)), r"lr_multipliers=\('decoder',\) must be .*pairs"),
     (dict(name="sgd", lr=0.1, warmup_epochs=20.0), r"exceeds total_steps=100.*lower optim.warmup"),
     (dict(name="sgd", lr=0.1, momentun=0.5), r"^optim.momentun: unknown; did you mean momentum\? known: "),
     (dict(name="adamw", lr=0.1, momentum=0.0), r"^optim.momentum=0.0: adamw does not read it \(only lars, sgd do\)"),
