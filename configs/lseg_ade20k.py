@@ -5,11 +5,12 @@ ViT-L/16 image tower at 480 px crops and the DPT-style decoder (256 features, LS
 space of CLIP's text Transformer (frozen), logits 1/0.07 x cosine, per-pixel cross-entropy over the 150 classes
 and "other" (mask value 0). Both towers start from a CLIP checkpoint in cl_jax's layout (`init=`: a CLIP run, or a
 published CLIP converted with `python -m cl_jax.convert`); lang-seg uses CLIP ViT-L/16's image weights and
-ViT-B/32's text encoder. SGD momentum 0.9, lr 0.004, weight decay 1e-4, batch 16 (lang-seg: 8 GPUs x 2 with
-accumulate_grad_batches 2 = 32 per step; ours is one step per 16), 240 epochs. Differences, said here: lang-seg's
-poly schedule is cosine here (cl_jax's schedules: cosine, constant, step), and its scale/crop augmentation is
-replaced by whole images resized and centre-cropped to 480 with a shared flip (LSeg needs masks aligned with its
-views; cl_jax's crop augmentation does not move masks yet).
+ViT-B/32's text encoder. SGD momentum 0.9, lr 0.004 for the backbone and 10x for the decoder (lang-seg's
+configure_optimizers: the "scratch" parameters at base_lr * 10; `optim.lr_multipliers`), poly decay (1 - t)^0.9,
+weight decay 1e-4, batch 16 (lang-seg: 8 GPUs x 2 with accumulate_grad_batches 2 = 32 per step; ours is one step
+per 16), 240 epochs. Differences, said here: the poly decay is per step (lang-seg's LambdaLR steps it per epoch),
+and lang-seg's scale/crop augmentation is replaced by whole images resized and centre-cropped to 480 with a shared
+flip (LSeg needs masks aligned with its views; cl_jax's crop augmentation does not move masks yet).
 
 ADE20K from tfds (`scene_parse150`: image, annotation with 0 = other and 1..150 the classes) and the class names
 from the dataset's objectInfo150.csv (github.com/CSAILVision/sceneparsing):
@@ -50,7 +51,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.num_epochs = a.epochs
   c.total_steps = 0
   c.optim = dict(name="sgd", lr=0.004, lr_scaling="none", momentum=0.9, nesterov=False, weight_decay=1e-4,
-                 warmup_epochs=0, schedule="cosine", frozen=("text",))
+                 warmup_epochs=0, schedule="poly", poly_power=0.9, frozen=("text",),
+                 lr_multipliers=(("decoder", 10.0),))
   c.eval = dict(every=5000, batch_size=64, monitors=("segmentation",), prompt_templates=("{}",),
                 seg_background="prompt", seg_background_prompts=("other",), seg_examples=2000)
   run_fields(c)
