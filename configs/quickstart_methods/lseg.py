@@ -13,7 +13,7 @@ Measured (2 shared cores, from clip_vit, quickstart_methods/clip_vit.py): 8,125 
 6m05s (406 img/s; the machine ran the same step at 480 img/s earlier), mIoU 53.43% (pixel acc. 95.52; seen /
 held-out classes 60.46 / 2.90; target: seen >= 60). Three changes got there from 55.25 at 10,000 steps: lang-seg's
 decoder at 10x the backbone's lr with poly decay (+3.3 at 10,000 steps), a 48-wide decoder instead of 32 (+2.2), and
-batches without captions (the input took half as long). README, Open-vocabulary segmentation, has the sweep.
+batches without captions (8 ms of input per batch, not 20). README, Open-vocabulary segmentation, has the sweep.
 """
 import ml_collections
 
