@@ -150,12 +150,16 @@ def _lamb(cfg, lr, wd, mask):
       optax.scale_by_learning_rate(lr))
 
 
+def _path_name(path: Any) -> str:
+  """A parameter's '/'-joined path, e.g. 'model/decoder/head/kernel' (what the path-substring options match)."""
+  return jax.tree_util.keystr(path, simple=True, separator="/")
+
+
 def _path_labels(substrings: tuple[str, ...], hit: str, miss: str) -> Callable[[Any], Any]:
   """Label fn: `hit` for params whose '/'-joined path contains one of `substrings`, else `miss`."""
   def labels(params):
     def label(path, _):
-      name = jax.tree_util.keystr(path, simple=True, separator="/")
-      return hit if any(s in name for s in substrings) else miss
+      return hit if any(s in _path_name(path) for s in substrings) else miss
     return jax.tree_util.tree_map_with_path(label, params)
   return labels
 
@@ -174,34 +178,21 @@ def lr_multipliers(pairs: Any) -> tuple[tuple[str, float], ...]:
   return out
 
 
-def _multiplied(make: Callable[..., optax.GradientTransformation], cfg: dict[str, Any], lr: Any, wd: Any,
-                mask: Any, pairs: tuple[tuple[str, float], ...]) -> optax.GradientTransformation:
-  """`make`'s optimizer with each matching sub-tree's lr x its factor (an optax.multi_transform group per pair)."""
-  scaled = lambda f: (lambda step: f * lr(step)) if callable(lr) else f * lr
-  transforms = {"x1": make(cfg, lr, wd, mask), **{f"pair{i}": make(cfg, scaled(f), wd, mask)
-                                                   for i, (_, f) in enumerate(pairs)}}
-
+def _scale_paths(pairs: tuple[tuple[str, float], ...]) -> optax.GradientTransformation:
+  """Multiplies the final update of each sub-tree matching a pair by its factor: every optimizer here ends in
+  scale_by_learning_rate, so this is that sub-tree's lr (and decay step) x factor. A substring in no parameter's
+  path fails at init in one line (a typo)."""
   def labels(params):
-    def label(path, _):
-      name = jax.tree_util.keystr(path, simple=True, separator="/")
-      return next((f"pair{i}" for i, (s, _) in enumerate(pairs) if s in name), "x1")
-    return jax.tree_util.tree_map_with_path(label, params)
-
-  return optax.multi_transform(transforms, labels)
-
-
-def _check_paths(tx: optax.GradientTransformation, pairs: tuple[tuple[str, float], ...]
-                 ) -> optax.GradientTransformation:
-  """`tx` whose init fails in one line when an lr_multipliers substring is in no parameter's path (a typo)."""
-  def init(params):
-    names = [jax.tree_util.keystr(path, simple=True, separator="/")
-             for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    names = [_path_name(path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
     for s, _ in pairs:
       if not any(s in n for n in names):
         raise ValueError(f"optim.lr_multipliers names {s!r}, which is in no parameter's path (they look like "
                          f"{names[0]!r}); fix the substring.")
-    return tx.init(params)
-  return optax.GradientTransformation(init, tx.update)
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: next((f"pair{i}" for i, (s, _) in enumerate(pairs) if s in _path_name(path)), "x1"), params)
+
+  return optax.multi_transform({"x1": optax.identity(), **{f"pair{i}": optax.scale(f) for i, (_, f) in
+                                                           enumerate(pairs)}}, labels)
 
 
 def _frozen_for(inner: optax.GradientTransformation, steps: int) -> optax.GradientTransformation:
@@ -255,9 +246,6 @@ def build_optimizer(cfg: Any, *, total_steps: int, steps_per_epoch: int,
       raise ValueError(f"optim.weight_decay_schedule must be (start, end), got {wd_schedule}.")
     wd = cosine_schedule(float(wd_schedule[0]), float(wd_schedule[1]), total_steps)
   mask = decay_mask(cfg["exclude_bias_and_norm"])
-  pairs = lr_multipliers(cfg["lr_multipliers"])
-  if pairs:
-    make = lambda c, lr, wd, mask, make=make: _multiplied(make, c, lr, wd, mask, pairs)
   tx = make(cfg, schedule, wd, mask)
   constant = tuple(cfg["constant_lr"] or ())
   if constant:
@@ -269,10 +257,11 @@ def build_optimizer(cfg: Any, *, total_steps: int, steps_per_epoch: int,
     tx = _freeze(tx, frozen, int(cfg["frozen_steps"]))
   # Clipping sees every gradient, frozen ones included, before the freeze (as DINO clips, then cancels the last
   # layer's gradients): inside the freeze's multi_transform a global norm would be taken per group.
+  pairs = lr_multipliers(cfg["lr_multipliers"])
+  if pairs:   # outside the freeze: its labels see every parameter (a frozen one's zero update stays zero)
+    tx = optax.chain(tx, _scale_paths(pairs))
   if (clip := _clip(cfg)) is not None:
     tx = optax.chain(clip, tx)
-  if pairs:
-    tx = _check_paths(tx, pairs)
   accum = int(cfg["grad_accum_steps"])
   if accum > 1:
     tx = optax.MultiSteps(tx, every_k_schedule=accum).gradient_transformation()
